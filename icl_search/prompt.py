@@ -1,0 +1,185 @@
+"""The URIAL prompt: template fields, rendering, token budgeting and output cleaning.
+
+Everything that decides the exact bytes a base model sees lives here, so a study, a
+bundle and the server render the same prompt for the same inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any, Protocol
+
+
+class Shot(Protocol):
+    """Anything with a query and an answer (a pool `Example`, or a `(query, answer)` pair)."""
+
+    query: str
+    answer: str
+
+
+def _qa(shot: Any) -> tuple[str, str]:
+    if isinstance(shot, (tuple, list)):
+        return str(shot[0]), str(shot[1])
+    return shot.query, shot.answer
+
+
+@dataclass(frozen=True)
+class Template:
+    """The URIAL layout. Markers, fence and stop strings are fields so other formats can be searched.
+
+    A rendered prompt is::
+
+        <system>\\n
+        \\n<query_marker>\\n<fence>\\n<q1>\\n<fence>\\n\\n<answer_marker>\\n<fence>\\n<a1>\\n<fence>\\n
+        ... one block pair per example ...
+        \\n<query_marker>\\n<fence>\\n<query>\\n<fence>\\n\\n<answer_marker>\\n<fence>\\n
+
+    which is the URIAL repository's assembly (`file text + "\\n# Query:\\n```\\n{q}\\n```\\n"
+    + "\\n# Answer:\\n```\\n"`) applied to a context file that ends with a newline.
+    """
+
+    query_marker: str = "# Query:"
+    answer_marker: str = "# Answer:"
+    fence: str = "```"
+    stop: tuple[str, ...] = ("# Query", "# User")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stop"] = list(self.stop)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Template:
+        if not d:
+            return cls()
+        unknown = set(d) - {"query_marker", "answer_marker", "fence", "stop"}
+        if unknown:
+            raise ValueError(
+                f"template: unknown field(s) {sorted(unknown)}; accepted: "
+                "query_marker, answer_marker, fence, stop"
+            )
+        d = dict(d)
+        if "stop" in d:
+            d["stop"] = tuple(d["stop"])
+        return cls(**d)
+
+    # -- rendering -------------------------------------------------------------------------
+    def system_block(self, system: str) -> str:
+        return system.rstrip("\n") + "\n" if system else ""
+
+    def example_block(self, query: str, answer: str) -> str:
+        f = self.fence
+        return (
+            f"\n{self.query_marker}\n{f}\n{query}\n{f}\n"
+            f"\n{self.answer_marker}\n{f}\n{answer}\n{f}\n"
+        )
+
+    def query_block(self, query: str) -> str:
+        f = self.fence
+        return f"\n{self.query_marker}\n{f}\n{query}\n{f}\n\n{self.answer_marker}\n{f}\n"
+
+    def render_context(self, system: str, examples: Sequence[Any]) -> str:
+        """The shared prefix (system + examples): what a URIAL prompt file holds."""
+        return self.system_block(system) + "".join(self.example_block(*_qa(e)) for e in examples)
+
+    def render(self, system: str, examples: Sequence[Any], query: str) -> str:
+        return self.render_context(system, examples) + self.query_block(query)
+
+    def render_conversation(
+        self, system: str, examples: Sequence[Any], turns: Sequence[tuple[str, str]], query: str
+    ) -> str:
+        """Multi-turn: earlier (user, assistant) turns become successive query/answer blocks."""
+        return self.render(system, list(examples) + list(turns), query)
+
+    # -- cleaning --------------------------------------------------------------------------
+    def clean(self, text: str) -> str:
+        """Cut at the first stop string, drop the answer block's own fence, trim.
+
+        Fences inside the answer (code blocks) are kept: only an unbalanced trailing fence
+        (the one closing the answer block) and a leading fence are removed.
+        """
+        cut = len(text)
+        for s in self.stop:
+            i = text.find(s)
+            if i != -1:
+                cut = min(cut, i)
+        out = text[:cut].strip()
+        f = self.fence
+        if out.startswith(f + "\n") or out == f:
+            out = out[len(f):].lstrip("\n")
+        if out.endswith(f) and out.count(f) % 2 == 1:
+            out = out[: -len(f)].rstrip()
+        return out.strip()
+
+
+DEFAULT_TEMPLATE = Template()
+
+
+@dataclass
+class Fit:
+    """The outcome of fitting one prompt into a context window."""
+
+    prompt: str | None
+    kept: list[Any]
+    dropped: list[Any] = field(default_factory=list)
+    prompt_tokens: int = 0
+    max_tokens: int = 0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.prompt is not None
+
+
+class Budget:
+    """Token budgeting with the target model's tokenizer.
+
+    Rule: `prompt_tokens + max_tokens <= context_window`. When the full prompt does not fit,
+    examples are dropped **from the front** (the one farthest from the query first; selection
+    orders examples so the most similar is last, closest to the query), one at a time, until
+    it fits. If the system preamble and the bare query alone do not fit, that query fails with
+    a reason; the caller records it and goes on with the rest.
+    """
+
+    def __init__(self, count_tokens: Callable[[str], int], context_window: int):
+        self.context_window = int(context_window)
+        self._count = lru_cache(maxsize=65536)(count_tokens)
+
+    def count(self, text: str) -> int:
+        return self._count(text)
+
+    def fit(
+        self,
+        template: Template,
+        system: str,
+        examples: Sequence[Any],
+        query: str,
+        max_tokens: int,
+    ) -> Fit:
+        examples = list(examples)
+        limit = self.context_window - max_tokens
+        if limit <= 0:
+            return Fit(None, [], examples, 0, max_tokens,
+                       f"max_tokens={max_tokens} leaves no room in the context window "
+                       f"of {self.context_window} tokens")
+        # Block token counts add up to within a couple of tokens of the whole prompt's count;
+        # estimate with cached per-block counts, then confirm with one exact count.
+        fixed = self.count(template.system_block(system)) + self.count(template.query_block(query))
+        sizes = [self.count(template.example_block(*_qa(e))) for e in examples]
+        start = 0
+        while start < len(examples) and fixed + sum(sizes[start:]) > limit:
+            start += 1
+        while True:
+            kept = examples[start:]
+            prompt = template.render(system, kept, query)
+            n = self.count(prompt)
+            if n <= limit:
+                return Fit(prompt, kept, examples[:start], n, max_tokens)
+            if start >= len(examples):
+                return Fit(None, [], examples, n, max_tokens,
+                           f"prompt does not fit: system preamble + query alone take {n} tokens, "
+                           f"and with max_tokens={max_tokens} that exceeds the context window "
+                           f"of {self.context_window} tokens")
+            start += 1
