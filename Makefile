@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(BIN)/icl-search models prepare
-	$(BIN)/icl-search generate pools/eval/demo_queries.jsonl --out runs/demo_answers.jsonl
+	$(BIN)/icl-search generate pools/eval/demo.jsonl --out runs/demo_answers.jsonl
 
 postgres:
 	@bash scripts/postgres.sh || echo "PostgreSQL not available: postgres tests will be skipped"

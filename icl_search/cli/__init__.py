@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
+
+# vLLM logs every engine step at INFO; a CLI user wants the progress bar and errors.
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 app = typer.Typer(
     name="icl-search",
@@ -14,3 +21,4 @@ app = typer.Typer(
 
 # Command modules register themselves on `app` when imported.
 from icl_search.cli import generate as _generate  # noqa: E402,F401
+from icl_search.cli import select as _select  # noqa: E402,F401

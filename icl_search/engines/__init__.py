@@ -1,0 +1,50 @@
+"""Text-generation backends behind one small interface, picked by one string.
+
+Specs: `vllm:default` or `vllm:/path/to/hf-model` (in-process vLLM), `openai:http://host:port/v1`
+or `openai:http://host:port/v1#model-name` (any OpenAI-compatible `/v1/completions` server).
+A bare model name or path means `vllm:`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from icl_search.engines.base import Completion, Engine, EngineError, EngineStats, SamplingParams
+
+__all__ = [
+    "Completion", "Engine", "EngineError", "EngineStats", "SamplingParams", "make_engine",
+    "parse_spec", "CachedEngine",
+]
+
+
+def parse_spec(spec: str) -> tuple[str, str, str | None]:
+    """`spec` -> (kind, target, model)."""
+    kind, sep, rest = spec.partition(":")
+    if kind in ("http", "https"):  # a bare URL
+        return "openai", spec, None
+    if not sep or kind not in ("vllm", "openai"):
+        return "vllm", spec, None
+    if kind == "openai":
+        url, _, model = rest.partition("#")
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"engine spec {spec!r}: expected openai:http(s)://host:port/v1[#model]")
+        return "openai", url, model or None
+    return "vllm", rest or "default", None
+
+
+def make_engine(spec: str, **opts: Any) -> Engine:
+    kind, target, model = parse_spec(spec)
+    if kind == "openai":
+        from icl_search.engines.openai import OpenAIEngine
+
+        allowed = {"api_key", "timeout", "max_retries", "batch_size", "concurrency", "tokenizer",
+                   "context_window"}
+        return OpenAIEngine(target, model, **{k: v for k, v in opts.items() if k in allowed})
+    from icl_search.engines.vllm import VLLMEngine
+
+    allowed = {"max_model_len", "kv_cache_memory_bytes", "enable_prefix_caching", "enforce_eager",
+               "gpu_memory_utilization", "dtype", "seed"}
+    return VLLMEngine(target, **{k: v for k, v in opts.items() if k in allowed and v is not None})
+
+
+from icl_search.engines.cached import CachedEngine  # noqa: E402

