@@ -1,0 +1,192 @@
+"""The judge: one spec string -> a backend, the rubrics for it, and the judge cache.
+
+Spec grammar (one string, as in a study config's `judge = "..."`)::
+
+    default                               the embedded default judge (DEFAULT_JUDGE below)
+    logprob:<engine spec>                 local completion model; per aspect, the expected score
+                                          over the next tokens "1".."5" (top-20 logprobs)
+    sample:<engine spec>                  the same prompts, one sampled score token (baseline)
+    vllm:<model> | openai:<url>[#model]   shorthand for logprob:vllm:... / logprob:openai:...
+    dspy:<provider>/<model>[@<api_base>]  a chat model through dspy.LM, answering the JSON rubric
+
+`<engine spec>` is anything `icl_search.engines.make_engine` accepts (`vllm:default`,
+`vllm:/path/to/hf-model`, `openai:http://host:8000/v1`). For `dspy:` the model string is
+LiteLLM's (`openai/gpt-4o-mini`, `openai/Qwen2.5-7B-Instruct@http://127.0.0.1:8000/v1` for a
+`vllm serve` endpoint); the API key comes from the `api_key` option, else the environment
+variable ICL_SEARCH_JUDGE_API_KEY, else the provider's own variable (OPENAI_API_KEY...).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from icl_search.judge.backends import Backend, ChatBackend, EngineBackend, JudgeError, Verdict
+from icl_search.judge.result import ItemJudgement, JudgeItem, JudgeResult, count_words
+from icl_search.judge.rubric import RubricSet
+
+#: The judge used when none is named: Gemma 3 270M base (the registry-shipped default model)
+#: read through its score-token log-probabilities with the few-shot rubric. It is weak (see
+#: the README's calibration figures); point `judge` at a strong model for real studies.
+DEFAULT_JUDGE = "logprob:vllm:default"
+#: A judge needs the response plus a few-shot rubric, not a whole study context.
+DEFAULT_JUDGE_MAX_MODEL_LEN = 4096
+API_KEY_ENV = "ICL_SEARCH_JUDGE_API_KEY"
+_KINDS = ("default", "logprob", "sample", "vllm", "openai", "dspy")
+
+
+def parse_judge_spec(spec: str) -> tuple[str, str]:
+    """`spec` -> (kind, rest) with kind in logprob | sample | dspy; shorthands expanded."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise JudgeError(f"judge spec {spec!r} is empty; accepted forms: "
+                         f"{', '.join(k + ':...' for k in _KINDS[1:])} or 'default'")
+    spec = spec.strip()
+    if spec == "default":
+        spec = DEFAULT_JUDGE
+    kind, sep, rest = spec.partition(":")
+    if kind in ("vllm", "openai", "http", "https"):
+        return "logprob", spec
+    if kind in ("logprob", "sample") and sep and rest:
+        return kind, rest
+    if kind == "dspy" and sep and "/" in rest.split("@", 1)[0]:
+        return "dspy", rest
+    raise JudgeError(
+        f"judge spec {spec!r} is not understood; accepted: 'default', 'logprob:<engine>', "
+        "'sample:<engine>', 'vllm:<model>', 'openai:<url>', "
+        "'dspy:<provider>/<model>[@<api_base>]' (e.g. 'dspy:openai/gpt-4o-mini')")
+
+
+class Judge:
+    """Scores query/response pairs on the just-eval aspects.
+
+    >>> judge = make_judge("dspy:openai/gpt-4o-mini", cache=Cache())
+    >>> result = judge.score([JudgeItem("q1", "What is 2+2?", "4.")])
+    >>> result.overall, result.coverage, result.items[0].scores
+    """
+
+    def __init__(self, backend: Backend, rubrics: RubricSet | None = None, *, cache=None):
+        self.backend = backend
+        self.rubrics = rubrics or RubricSet.default(backend.mode)
+        for r in (self.rubrics.regular, self.rubrics.safety):
+            if r.mode != backend.mode:
+                raise JudgeError(f"{r.source}: a {r.mode} rubric cannot drive the "
+                                 f"{backend.mode} judge {backend.id}")
+        self.cache = cache
+
+    @property
+    def id(self) -> str:
+        return self.backend.id
+
+    def _key(self, item: JudgeItem) -> str:
+        from icl_search.cache import cache_key
+
+        return cache_key("judge", self.id, self.rubrics.for_category(item.category).version,
+                         item.query, item.response)
+
+    def score(self, items: Iterable[JudgeItem | Mapping[str, Any]], *, progress: bool = False,
+              min_coverage: float | None = None) -> JudgeResult:
+        """Judge every item (cached ones are not asked again); raise `CoverageError` when
+        `min_coverage` is given and some aspect was judged on fewer of its items."""
+        items = [to_item(x, i) for i, x in enumerate(items)]
+        keys = [self._key(it) for it in items]
+        found: dict[str, Any] = self.cache.get_many(keys) if self.cache is not None else {}
+        todo: dict[str, JudgeItem] = {}
+        for it, k in zip(items, keys, strict=True):
+            if k not in found:
+                todo.setdefault(k, it)
+        fresh: dict[str, Verdict] = {}
+        if todo:
+            requests = [(it, self.rubrics.for_category(it.category)) for it in todo.values()]
+            verdicts = self.backend.judge(requests, progress=progress)
+            fresh = dict(zip(todo, verdicts, strict=True))
+            if self.cache is not None:
+                self.cache.put_many((k, v.to_dict()) for k, v in fresh.items() if v.cacheable)
+        judged = []
+        for it, k in zip(items, keys, strict=True):
+            cached = k in found
+            v = Verdict.from_dict(found[k]) if cached else fresh[k]
+            aspects = self.rubrics.for_category(it.category).aspects
+            judged.append(ItemJudgement(
+                id=it.id, category=it.category,
+                scores={a: v.scores.get(a) for a in aspects},
+                missing={a: v.missing.get(a, "missing: no score") for a in aspects
+                         if v.scores.get(a) is None},
+                rationales=dict(v.rationales), length_words=count_words(it.response),
+                cached=cached, detail=dict(v.detail)))
+        result = JudgeResult(judged, self.id, {"regular": self.rubrics.regular.version,
+                                               "safety": self.rubrics.safety.version})
+        if min_coverage is not None:
+            result.require_coverage(min_coverage)
+        return result
+
+
+def to_item(x: JudgeItem | Mapping[str, Any], index: int = 0) -> JudgeItem:
+    if isinstance(x, JudgeItem):
+        return x
+    if not isinstance(x, Mapping):
+        raise ValueError(f"item {index}: expected a JudgeItem or a mapping with query and "
+                         f"response, got {type(x).__name__}")
+    for name in ("query", "response"):
+        if name not in x or x[name] is None:
+            raise ValueError(f"item {x.get('id', index)}: field {name!r} is missing")
+    return JudgeItem(str(x.get("id", index)), x["query"], x["response"],
+                     x.get("category") or "regular")
+
+
+def make_judge(spec: str = "default", *, engine=None, cache=None,
+               rubric: str | Path | None = None, safety_rubric: str | Path | None = None,
+               **opts: Any) -> Judge:
+    """Build the judge a spec names.
+
+    engine: an already-loaded `Engine` to use for a logprob/sample judge instead of loading
+        the spec's model again (the study passes its generator when both name the same model).
+    cache: an `icl_search.cache.Cache` (or a path to one); None disables caching.
+    rubric / safety_rubric: rubric files replacing the shipped ones (same mode).
+    opts: backend options: for engines `max_model_len`, `kv_cache_memory_bytes`, `top_k`,
+        `temperature`, `seed`; for dspy `api_key`, `temperature`, `max_tokens`, `timeout`,
+        `num_retries` (transport), `max_retries` (repair requests), `concurrency`.
+    """
+    kind, rest = parse_judge_spec(spec)
+    if isinstance(cache, (str, os.PathLike)):
+        from icl_search.cache import Cache
+
+        cache = Cache(cache)
+    backend: Backend
+    if kind in ("logprob", "sample"):
+        if engine is None:
+            from icl_search.engines import make_engine
+            from icl_search.engines.base import EngineError
+
+            engine_opts = {k: v for k, v in opts.items()
+                           if k not in ("top_k", "temperature", "seed")}
+            engine_opts.setdefault("max_model_len", DEFAULT_JUDGE_MAX_MODEL_LEN)
+            try:
+                engine = make_engine(rest, **engine_opts)
+            except (EngineError, ValueError, OSError) as e:
+                raise JudgeError(f"judge {spec!r}: cannot load the judge model: {e}") from None
+        backend = EngineBackend(engine, scoring=kind,
+                                **{k: v for k, v in opts.items()
+                                   if k in ("top_k", "temperature", "seed")})
+    else:
+        model, _, api_base = rest.partition("@")
+        chat_opts = {k: v for k, v in opts.items()
+                     if k in ("api_key", "temperature", "max_tokens", "timeout", "num_retries",
+                              "max_retries", "concurrency")}
+        chat_opts.setdefault("api_key", os.environ.get(API_KEY_ENV)
+                             or ("EMPTY" if api_base and _no_provider_key(model) else None))
+        backend = ChatBackend(model, api_base or None, **chat_opts)
+    return Judge(backend, RubricSet.load(backend.mode, rubric, safety_rubric), cache=cache)
+
+
+def _no_provider_key(model: str) -> bool:
+    # A self-hosted `vllm serve` needs no key, but LiteLLM refuses to send none.
+    provider = model.split("/", 1)[0].upper()
+    return not os.environ.get(f"{provider}_API_KEY")
+
+
+def score(items: Sequence[JudgeItem | Mapping[str, Any]], spec: str = "default",
+          **kwargs: Any) -> JudgeResult:
+    """One-shot convenience: `make_judge(spec, **kwargs).score(items)`."""
+    return make_judge(spec, **kwargs).score(items)
