@@ -91,7 +91,7 @@ def generate_answers(
             c = next(outs)
             answers.append(Answer(
                 q.id, q.query, template.clean(c.text), f.prompt_tokens, c.completion_tokens,
-                c.finish_reason, [_ex_id(e, i) for i, e in enumerate(f.kept)],
+                c.finish_reason, [_ex_id(e, len(f.dropped) + i) for i, e in enumerate(f.kept)],
                 [_ex_id(e, i) for i, e in enumerate(f.dropped)], c.cached, c.error,
                 f.prompt if keep_prompts else None,
             ))

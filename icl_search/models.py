@@ -89,6 +89,7 @@ def prepare(name: str = DEFAULT_MODEL, *, force: bool = False, log=print) -> Pat
         source, builder = _BUILDERS[name]
         tmp = target.parent / f".{name}.partial-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
         t0 = time.time()
         try:
             builder(tmp, log=log)
@@ -161,16 +162,29 @@ def build_tiny_model(target: str | os.PathLike, *, vocab_size: int = 512, seed: 
     """A random Llama (hidden 64, head_dim 32, 2 layers) with a byte-level BPE tokenizer trained
     here: loads in vLLM in seconds and generates thousands of tokens/s on a CPU. Its text is
     noise; it exists so tests and benchmarks exercise the real engine path."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
     target = Path(target)
     if (target / MARKER).exists():
         return target
     tmp = target.parent / f".{target.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        _build_tiny(tmp, vocab_size, seed)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    (tmp / MARKER).write_text(json.dumps({"name": target.name, "source": "build_tiny_model"}))
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, target)
+    return target
+
+
+def _build_tiny(tmp: Path, vocab_size: int, seed: int) -> None:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -198,9 +212,3 @@ def build_tiny_model(target: str | os.PathLike, *, vocab_size: int = 512, seed: 
         tie_word_embeddings=False,
     )
     LlamaForCausalLM(cfg).to(torch.float32).save_pretrained(tmp)
-    (tmp / MARKER).write_text(json.dumps({"name": target.name, "source": "build_tiny_model"}))
-    if target.exists():
-        shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, target)
-    return target

@@ -1,0 +1,105 @@
+"""The engine interface on real backends: vLLM in-process and `vllm serve` over HTTP."""
+
+import threading
+
+import pytest
+
+from icl_search.cache import Cache
+from icl_search.engines import CachedEngine, EngineError, SamplingParams, make_engine, parse_spec
+from icl_search.engines.openai import OpenAIEngine
+
+GREEDY = SamplingParams(max_tokens=12, temperature=0.0, repetition_penalty=1.0)
+
+
+def test_spec_grammar():
+    assert parse_spec("vllm:default") == ("vllm", "default", None)
+    assert parse_spec("/models/x") == ("vllm", "/models/x", None)
+    assert parse_spec("openai:http://h:1/v1#m") == ("openai", "http://h:1/v1", "m")
+    with pytest.raises(ValueError, match="expected openai:http"):
+        parse_spec("openai:localhost")
+
+
+@pytest.mark.parametrize("field,value", [
+    ("max_tokens", 0), ("temperature", -1.0), ("top_p", 0.0), ("repetition_penalty", 3.0),
+    ("logprobs", 50), ("temperature", float("nan")),
+])
+def test_sampling_params_out_of_range_names_the_field(field, value):
+    with pytest.raises(ValueError, match=f"sampling parameter {field}="):
+        SamplingParams(**{field: value})
+
+
+def test_vllm_generates_a_batch_with_token_counts(tiny_engine):
+    prompts = ["# Query:\n```\nhello\n```\n", "The quick brown fox", "Paris is"]
+    outs = tiny_engine.generate(prompts, GREEDY)
+    assert len(outs) == 3
+    for p, o in zip(prompts, outs):
+        assert o.prompt_tokens == tiny_engine.count_tokens(p)
+        assert 1 <= o.completion_tokens <= 12
+        assert o.finish_reason in ("stop", "length")
+    # greedy decoding is deterministic: the same prompt alone gives the same text
+    assert tiny_engine.generate(prompts[:1], GREEDY)[0].text == outs[0].text
+
+
+def test_vllm_logprobs_are_top_k_per_token(tiny_engine):
+    [o] = tiny_engine.generate(["Paris is"], GREEDY.replace(max_tokens=3, logprobs=5))
+    assert len(o.logprobs) == o.completion_tokens
+    assert all(1 <= len(pos) <= 6 and all(v <= 0 for v in pos.values()) for pos in o.logprobs)
+
+
+def test_cached_engine_pays_once(tiny_engine, tmp_path):
+    cache = Cache(tmp_path / "c.sqlite3")
+    eng = CachedEngine(tiny_engine, cache)
+    before = tiny_engine.stats.prompts
+    first = eng.generate(["a b c", "d e f", "a b c"], GREEDY)
+    assert tiny_engine.stats.prompts - before == 2  # the duplicate prompt is generated once
+    second = eng.generate(["d e f", "a b c"], GREEDY)
+    assert tiny_engine.stats.prompts - before == 2  # no model call at all
+    assert [c.cached for c in second] == [True, True]
+    assert [c.text for c in second] == [first[1].text, first[0].text]
+    # different parameters are a different key
+    eng.generate(["a b c"], GREEDY.replace(max_tokens=5))
+    assert tiny_engine.stats.prompts - before == 3
+
+
+def test_cache_survives_reopen_and_concurrent_writers(tmp_path):
+    path = tmp_path / "c.sqlite3"
+    c1 = Cache(path)
+
+    def writer(n):
+        c = Cache(path)
+        c.put_many((c.key("w", n, i), {"i": i}) for i in range(200))
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(c1) == 800
+    assert Cache(path).get(Cache.key("w", 3, 7)) == {"i": 7}
+
+
+def test_openai_engine_against_vllm_serve(vllm_server, tiny_engine):
+    eng = make_engine(f"openai:{vllm_server}")
+    assert isinstance(eng, OpenAIEngine) and eng.model == "tiny"
+    assert eng.context_window == 1024
+    prompts = ["The quick brown fox", "Paris is", "hello"]
+    outs = eng.generate(prompts, GREEDY.replace(logprobs=3), progress=False)
+    assert [o.completion_tokens > 0 for o in outs] == [True] * 3
+    assert all(len(o.logprobs) == o.completion_tokens for o in outs)
+    # the same weights in-process give the same greedy text
+    local = tiny_engine.generate(prompts, GREEDY)
+    assert [o.text for o in outs] == [o.text for o in local]
+    assert eng.count_tokens("The quick brown fox") == tiny_engine.count_tokens("The quick brown fox")
+
+
+def test_openai_engine_unknown_model_is_one_clear_error(vllm_server):
+    with pytest.raises(EngineError, match=r"model 'nope' is not served at .*served: tiny"):
+        OpenAIEngine(vllm_server, "nope")
+
+
+def test_unreachable_endpoint_fails_after_bounded_retries():
+    from tests.conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(EngineError, match=r"unreachable after 3 attempts"):
+        OpenAIEngine(url, "m", max_retries=2, timeout=2)

@@ -1,0 +1,58 @@
+import json
+
+import pytest
+
+from icl_search import models
+
+
+def test_tiny_model_build_is_atomic_and_idempotent(tmp_path, monkeypatch):
+    target = tmp_path / "tiny"
+    # an interrupted build leaves nothing that looks complete
+    monkeypatch.setattr("transformers.LlamaForCausalLM.save_pretrained",
+                        lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        models.build_tiny_model(target)
+    assert not target.exists() and not list(tmp_path.iterdir())
+    monkeypatch.undo()
+    p = models.build_tiny_model(target)
+    assert (p / models.MARKER).exists() and (p / "config.json").exists()
+    cfg = json.loads((p / "config.json").read_text())
+    assert cfg["head_dim"] == 32 and cfg["num_hidden_layers"] == 2
+    mtime = (p / "config.json").stat().st_mtime
+    assert models.build_tiny_model(target) == p and (p / "config.json").stat().st_mtime == mtime
+
+
+def test_prepare_interrupted_leaves_nothing_complete(monkeypatch):
+    def boom(target, log):
+        (target / "config.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(models._BUILDERS, "gemma-3-270m", ("test", boom))
+    with pytest.raises(KeyboardInterrupt):
+        models.prepare("gemma-3-270m")
+    assert not (models.models_dir() / "gemma-3-270m").exists()
+    assert models.list_prepared() == []
+    with pytest.raises(models.ModelError, match="not prepared"):
+        models.resolve_model("default", auto_prepare=False)
+
+
+def test_resolve_model_errors_are_clear(tmp_path, tiny_model_dir):
+    assert models.resolve_model(tiny_model_dir) == tiny_model_dir
+    with pytest.raises(models.ModelError, match="unknown model 'no/such/model'.*known: gemma-3-270m"):
+        models.resolve_model("no/such/model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(models.ModelError, match="no config.json"):
+        models.resolve_model(tmp_path / "empty")
+    with pytest.raises(models.ModelError, match="unknown model 'llama'"):
+        models.prepare("llama")
+
+
+@pytest.mark.slow
+def test_default_model_is_a_bos_gemma_base(default_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(default_model_dir)
+    ids = tok("Hello").input_ids
+    assert ids[0] == tok.bos_token_id
+    cfg = json.loads((default_model_dir / "config.json").read_text())
+    assert cfg["model_type"].startswith("gemma3")
