@@ -162,8 +162,10 @@ def _load_model(location: str, device: str | None) -> Any:
             try:
                 _MODELS[key] = SentenceTransformer(location, device=device)
             except Exception as exc:  # any failure here is "this embedder cannot be loaded"
+                first_line = (str(exc).strip().splitlines() or [""])[0]
                 raise EmbedderError(
-                    f"embedder {location!r} could not be loaded ({type(exc).__name__}: {exc}); "
+                    f"embedder {location!r} could not be loaded ({type(exc).__name__}: "
+                    f"{first_line}); "
                     "give a sentence-transformers model name available offline or a local "
                     "model directory"
                 ) from exc

