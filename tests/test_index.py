@@ -10,8 +10,8 @@ import pytest
 import icl_search.index as index_mod
 from icl_search.index import (
     DEFAULT_EMBEDDER,
-    EmbedderError,
     Embedder,
+    EmbedderError,
     EmbeddingCache,
     PoolIndex,
     StaleIndexError,

@@ -81,7 +81,8 @@ def test_mmr_avoids_near_identical_examples(index):
         v = index.vectors([index.position(s.id) for s in items])
         return float((v @ v.T)[0, 1])
 
-    assert redundancy(mmr) < 0.5 < 0.95 < redundancy(knn)
+    assert redundancy(mmr) < 0.5
+    assert redundancy(knn) > 0.95
     # lambda = 1 is plain relevance: MMR then agrees with kNN.
     assert ids(select(DEDUP_Q, index, strategy="mmr", k=2, mmr_lambda=1.0)) == ids(knn)
 
