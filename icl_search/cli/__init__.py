@@ -22,3 +22,4 @@ app = typer.Typer(
 # Command modules register themselves on `app` when imported.
 from icl_search.cli import generate as _generate  # noqa: E402,F401
 from icl_search.cli import select as _select  # noqa: E402,F401
+from icl_search.cli import pool as _pool  # noqa: E402,F401
