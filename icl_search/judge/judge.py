@@ -34,6 +34,9 @@ DEFAULT_JUDGE = "logprob:vllm:default"
 #: A judge needs the response plus a few-shot rubric, not a whole study context.
 DEFAULT_JUDGE_MAX_MODEL_LEN = 4096
 API_KEY_ENV = "ICL_SEARCH_JUDGE_API_KEY"
+QUERY_FIELDS = ("query", "instruction", "prompt")
+RESPONSE_FIELDS = ("response", "answer", "output")
+NO_RESPONSE = "no-response: the item has no response text (failed generation)"
 _KINDS = ("default", "logprob", "sample", "vllm", "openai", "dspy")
 
 
@@ -94,7 +97,7 @@ class Judge:
         found: dict[str, Any] = self.cache.get_many(keys) if self.cache is not None else {}
         todo: dict[str, JudgeItem] = {}
         for it, k in zip(items, keys, strict=True):
-            if k not in found:
+            if k not in found and it.response is not None:
                 todo.setdefault(k, it)
         fresh: dict[str, Verdict] = {}
         if todo:
@@ -106,14 +109,17 @@ class Judge:
         judged = []
         for it, k in zip(items, keys, strict=True):
             cached = k in found
-            v = Verdict.from_dict(found[k]) if cached else fresh[k]
             aspects = self.rubrics.for_category(it.category).aspects
+            if it.response is None:
+                v = Verdict(missing=dict.fromkeys(aspects, NO_RESPONSE))
+            else:
+                v = Verdict.from_dict(found[k]) if cached else fresh[k]
             judged.append(ItemJudgement(
                 id=it.id, category=it.category,
                 scores={a: v.scores.get(a) for a in aspects},
                 missing={a: v.missing.get(a, "missing: no score") for a in aspects
                          if v.scores.get(a) is None},
-                rationales=dict(v.rationales), length_words=count_words(it.response),
+                rationales=dict(v.rationales), length_words=count_words(it.response or ""),
                 cached=cached, detail=dict(v.detail)))
         result = JudgeResult(judged, self.id, {"regular": self.rubrics.regular.version,
                                                "safety": self.rubrics.safety.version})
@@ -123,16 +129,23 @@ class Judge:
 
 
 def to_item(x: JudgeItem | Mapping[str, Any], index: int = 0) -> JudgeItem:
+    """A JudgeItem from a mapping: `query` (or `instruction`), `response` (or `answer`, as
+    `icl-search generate` writes it, or `output`, as just-eval does), optional `id`, `category`."""
     if isinstance(x, JudgeItem):
         return x
     if not isinstance(x, Mapping):
         raise ValueError(f"item {index}: expected a JudgeItem or a mapping with query and "
                          f"response, got {type(x).__name__}")
-    for name in ("query", "response"):
-        if name not in x or x[name] is None:
-            raise ValueError(f"item {x.get('id', index)}: field {name!r} is missing")
-    return JudgeItem(str(x.get("id", index)), x["query"], x["response"],
-                     x.get("category") or "regular")
+    ident = str(x.get("id", index))
+    query = next((x[k] for k in QUERY_FIELDS if k in x), None)
+    if query is None:
+        raise ValueError(f"item {ident}: field 'query' is missing (also accepted: "
+                         f"{', '.join(QUERY_FIELDS[1:])})")
+    field = next((k for k in RESPONSE_FIELDS if k in x), None)
+    if field is None:
+        raise ValueError(f"item {ident}: field 'response' is missing (also accepted: "
+                         f"{', '.join(RESPONSE_FIELDS[1:])}; null marks a failed generation)")
+    return JudgeItem(ident, query, x[field], x.get("category") or "regular")
 
 
 def make_judge(spec: str = "default", *, engine=None, cache=None,

@@ -160,7 +160,8 @@ def _norm(key: Any) -> str:
     return re.sub(r"[^a-z]", "", str(key).lower())
 
 
-def _lookup(obj: dict, aspects: tuple[str, ...]) -> dict[str, tuple[Any, str | None]]:
+def _lookup(obj: dict, aspects: tuple[str, ...], nested: bool = False
+            ) -> dict[str, tuple[Any, str | None]]:
     """aspect -> (raw score value, rationale) from one object, whatever its shape."""
     out: dict[str, tuple[Any, str | None]] = {}
     by_norm = {_norm(k): k for k in obj}
@@ -176,8 +177,9 @@ def _lookup(obj: dict, aspects: tuple[str, ...]) -> dict[str, tuple[Any, str | N
                             reason = obj[by_norm[a + rk]].strip()
                 out[aspect] = (value, reason)
                 break
-    # One-aspect rubrics often get {"rationale": ..., "score": 4}.
-    if len(aspects) == 1 and aspects[0] not in out:
+    # One-aspect rubrics often get {"rationale": ..., "score": 4} (at the top level only: a
+    # nested {"score": 4} belongs to whatever key holds it).
+    if len(aspects) == 1 and aspects[0] not in out and not nested:
         for k in _SCORE_KEYS:
             if k in by_norm:
                 out[aspects[0]] = (obj[by_norm[k]], _rationale(obj))
@@ -186,7 +188,7 @@ def _lookup(obj: dict, aspects: tuple[str, ...]) -> dict[str, tuple[Any, str | N
     if len(out) < len(aspects):
         for value in obj.values():
             if isinstance(value, dict):
-                for aspect, hit in _lookup(value, aspects).items():
+                for aspect, hit in _lookup(value, aspects, nested=True).items():
                     out.setdefault(aspect, hit)
     return out
 

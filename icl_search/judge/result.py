@@ -20,7 +20,6 @@ import numpy as np
 
 from icl_search.judge.rubric import ALL_ASPECTS, ASPECTS, SAFETY
 
-CATEGORIES = ("regular", "safety")
 # Scripts written without spaces count one word per character, so a Chinese or Japanese answer
 # is not measured as a single "word".
 _WORD = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]|\w+")
@@ -41,22 +40,26 @@ class CoverageError(RuntimeError):
 
 @dataclass(frozen=True)
 class JudgeItem:
-    """One query/response pair to judge. `category` "safety" selects the safety rubric."""
+    """One query/response pair to judge.
+
+    `category` "safety" selects the safety rubric; any other value (an eval set's "coding",
+    "general"...) the five-aspect one, and is kept for reports. A `response` of None (the
+    generation failed) is recorded as missing on every aspect, never scored."""
 
     id: str
     query: str
-    response: str
+    response: str | None
     category: str = "regular"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "id", str(self.id))
-        if self.category not in CATEGORIES:
-            raise ValueError(f"item {self.id}: category={self.category!r}; accepted: "
-                             f"{', '.join(CATEGORIES)}")
-        for name in ("query", "response"):
-            if not isinstance(getattr(self, name), str):
-                raise ValueError(f"item {self.id}: {name} must be a string, got "
-                                 f"{type(getattr(self, name)).__name__}")
+        object.__setattr__(self, "category", str(self.category or "regular"))
+        if not isinstance(self.query, str):
+            raise ValueError(f"item {self.id}: query must be a string, got "
+                             f"{type(self.query).__name__}")
+        if self.response is not None and not isinstance(self.response, str):
+            raise ValueError(f"item {self.id}: response must be a string or null, got "
+                             f"{type(self.response).__name__}")
 
 
 @dataclass

@@ -1,0 +1,224 @@
+"""`icl-search judge score ...` and `icl-search judge calibrate ...`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from icl_search.cli import app
+
+judge_app = typer.Typer(help="Score answers with the LLM judge; measure its agreement with a "
+                        "reference judge.", no_args_is_help=True)
+app.add_typer(judge_app, name="judge")
+err = Console(stderr=True)
+
+JUDGE_HELP = ("Judge spec: 'default', 'logprob:vllm:MODEL', 'sample:vllm:MODEL', "
+              "'openai:http://host:port/v1' (completions + logprobs), "
+              "'dspy:openai/NAME[@http://host:port/v1]' (chat, JSON rubric).")
+
+
+def _out() -> Console:
+    # Piped or captured output keeps whole figures instead of rich's 80-column truncation.
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def fail(msg: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _fmt(x: Any, digits: int = 2) -> str:
+    return "-" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
+
+
+def _build_judge(spec: str, cache: Optional[Path], no_cache: bool, rubric: Optional[Path],
+                 safety_rubric: Optional[Path], max_model_len: Optional[int]):
+    from icl_search.cache import Cache
+    from icl_search.judge import JudgeError, RubricError, make_judge
+    from icl_search.models import ModelError
+
+    opts = {"max_model_len": max_model_len} if max_model_len else {}
+    try:
+        return make_judge(spec, cache=None if no_cache else Cache(cache), rubric=rubric,
+                          safety_rubric=safety_rubric, **opts)
+    except (JudgeError, RubricError, ModelError, ValueError) as exc:
+        fail(str(exc))
+
+
+def _check_spec(spec: str) -> None:
+    """A typo in --judge fails before any file is read or model loaded."""
+    from icl_search.judge import JudgeError, parse_judge_spec
+
+    try:
+        parse_judge_spec(spec)
+    except JudgeError as exc:
+        fail(str(exc))
+
+
+def _read_items(path: Path):
+    from icl_search.judge import to_item
+
+    if not path.exists():
+        fail(f"{path}: file not found")
+    items, seen = [], {}
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                fail(f"{path}:{lineno}: not valid JSON ({exc.msg})")
+            if not isinstance(row, dict):
+                fail(f"{path}:{lineno}: expected a JSON object")
+            row.setdefault("id", str(lineno))
+            try:
+                item = to_item(row, lineno)
+            except ValueError as exc:
+                fail(f"{path}:{lineno}: {exc}")
+            if item.id in seen:
+                fail(f"{path}:{lineno}: field 'id': duplicate id {item.id!r} "
+                     f"(first on line {seen[item.id]})")
+            seen[item.id] = lineno
+            items.append(item)
+    if not items:
+        fail(f"{path}: no rows")
+    return items
+
+
+def summary_table(result, title: str) -> Table:
+    import numpy as np
+
+    t = Table("aspect", "mean", "coverage", "mean length (words)", "misses", title=title)
+    cov = result.coverage
+    for aspect, mean in result.aspect_means.items():
+        rated = [it for it in result.items if aspect in it.aspects]
+        reasons: dict[str, int] = {}
+        for it in rated:
+            if aspect in it.missing:
+                kind = it.missing[aspect].split(":", 1)[0]
+                reasons[kind] = reasons.get(kind, 0) + 1
+        t.add_row(aspect, _fmt(mean), f"{cov[aspect]} ({cov[aspect].fraction:.0%})",
+                  _fmt(float(np.mean([it.length_words for it in rated])), 0),
+                  ", ".join(f"{k} x{n}" for k, n in reasons.items()) or "-")
+    t.add_row("[bold]overall[/]", _fmt(result.overall), "", _fmt(result.mean_length, 0), "",
+              end_section=True)
+    return t
+
+
+@judge_app.command("score")
+def score(
+    responses: Path = typer.Argument(..., help="JSONL: id, query, response (or 'answer', as "
+                                     "`icl-search generate` writes), category ('safety' selects "
+                                     "the safety rubric)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Scores, one row per item (Parquet; "
+                             "a .jsonl name writes JSONL)."),
+    judge: str = typer.Option("default", "--judge", help=JUDGE_HELP),
+    min_coverage: Optional[float] = typer.Option(
+        None, min=0.0, max=1.0, help="Fail (exit 2) when an aspect was judged on less than "
+        "this fraction of its items; the scores are written first."),
+    rubric: Optional[Path] = typer.Option(None, help="Rubric file for regular queries."),
+    safety_rubric: Optional[Path] = typer.Option(None, help="Rubric file for safety queries."),
+    max_model_len: Optional[int] = typer.Option(None, help="Context window of a local judge "
+                                                "model (default 4096)."),
+    cache: Optional[Path] = typer.Option(None, help="Judge cache file "
+                                         "(default: $ICL_SEARCH_HOME/cache.sqlite3)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Always ask the judge."),
+) -> None:
+    """Score query/response pairs on the just-eval aspects and print a per-aspect summary."""
+    from icl_search.io import atomic_write, write_jsonl
+    from icl_search.judge import CoverageError, JudgeError
+
+    _check_spec(judge)
+    items = _read_items(responses)
+    j = _build_judge(judge, cache, no_cache, rubric, safety_rubric, max_model_len)
+    try:
+        result = j.score(items, progress=True)
+    except JudgeError as exc:
+        fail(str(exc))
+    if out.suffix == ".jsonl":
+        write_jsonl(out, result.rows())
+    else:
+        with atomic_write(out, "wb") as fh:
+            result.to_frame().write_parquet(fh)
+    _out().print(summary_table(result, f"judge {result.judge_id}"))
+    err.print(f"wrote {len(result.items)} rows to {out} ({result.cache_hits} from cache)",
+              highlight=False)
+    if min_coverage is not None:
+        try:
+            result.require_coverage(min_coverage)
+        except CoverageError as exc:
+            fail(str(exc))
+
+
+@judge_app.command("calibrate")
+def calibrate(
+    reference: Path = typer.Option(..., "--reference", help="Reference judgements JSONL (id, "
+                                   "generator, scores, optional output), e.g. just-eval's "
+                                   "judgements/reference.dev.jsonl."),
+    outputs: Optional[Path] = typer.Option(None, help="Folder of system outputs JSONL (default: "
+                                           "../outputs beside the reference file)."),
+    instructions: Optional[Path] = typer.Option(None, help="Instructions JSONL (default: "
+                                                "../instructions.dev.jsonl)."),
+    judge: str = typer.Option("default", "--judge", help=JUDGE_HELP),
+    limit: Optional[int] = typer.Option(None, min=1, help="At most N query ids per category, "
+                                        "spread over the ids (all systems for each)."),
+    systems: Optional[str] = typer.Option(None, help="Comma-separated systems to keep."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the figures as JSON."),
+    rubric: Optional[Path] = typer.Option(None, help="Rubric file for regular queries."),
+    safety_rubric: Optional[Path] = typer.Option(None, help="Rubric file for safety queries."),
+    max_model_len: Optional[int] = typer.Option(None, help="Context window of a local judge."),
+    cache: Optional[Path] = typer.Option(None, help="Judge cache file."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Always ask the judge."),
+) -> None:
+    """Agreement with a reference judge: Spearman, Kendall, MAE per aspect, pairwise system
+    agreement."""
+    from icl_search.io import write_json
+    from icl_search.judge import JudgeError
+    from icl_search.judge.calibration import ReferenceError, calibrate as run, load_reference
+    from icl_search.judge.calibration import select
+
+    _check_spec(judge)
+    try:
+        rows = load_reference(reference, outputs=outputs, instructions=instructions)
+        rows = select(rows, limit=limit,
+                      systems=[s.strip() for s in systems.split(",") if s.strip()]
+                      if systems else None)
+    except (ReferenceError, ValueError) as exc:
+        fail(str(exc))
+    j = _build_judge(judge, cache, no_cache, rubric, safety_rubric, max_model_len)
+    try:
+        cal, result = run(j, rows, progress=True)
+    except JudgeError as exc:
+        fail(str(exc))
+    _out().print(calibration_table(cal))
+    if out:
+        write_json(out, {**cal.to_dict(), "reference": str(reference), "limit": limit,
+                         "summary": result.summary()})
+        err.print(f"wrote {out}", highlight=False)
+
+
+def calibration_table(cal) -> Table:
+    judges = sorted({j for a in cal.aspects for j in a["reference_judges"]})
+    t = Table("aspect", "n", "cover", "spearman", "kendall", "MAE", "MAE med", "ours/ref",
+              "sys pairs", "item pairs", title=f"judge {cal.judge}",
+              caption=f"reference: {', '.join(judges)}; MAE med = error of always answering "
+                      "the reference median; pairs = share of system pairs ordered as the "
+                      "reference orders them")
+    for a in cal.aspects:
+        t.add_row(a["aspect"], str(a["n"]), f"{a['coverage']:.0%}", _fmt(a["spearman"]),
+                  _fmt(a["kendall"]), _fmt(a["mae"]), _fmt(a["mae_median_baseline"]),
+                  f"{_fmt(a['mean_ours'])}/{_fmt(a['mean_reference'])}",
+                  _pairs(a["system_pair_agreement"], a["system_pairs"]),
+                  _pairs(a["item_pair_agreement"], a["item_pairs"]))
+    return t
+
+
+def _pairs(agreement: float | None, n: int | None) -> str:
+    return "-" if agreement is None else f"{agreement:.0%} of {n}"
