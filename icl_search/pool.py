@@ -323,31 +323,37 @@ def check(path: str | Path) -> Validation:
     rows, problems = reader(path)
     examples = []
     first_id: dict[str, int] = {}
-    first_query: dict[str, tuple[int, str]] = {}
+    first_query: dict[str, tuple[int, str | None]] = {}
     for line, row in rows:
         def report(fld: str | None, msg: str, line: int = line) -> None:
             problems.append(Problem(path, line, fld, msg, unit))
 
         example = _example_from_row(row, report, tabular=suffix != ".jsonl")
-        if example is None:
-            continue
-        bad = False
-        if example.id in first_id:
-            report("id", f"duplicate id {example.id!r} (first at {unit} {first_id[example.id]})")
-            bad = True
-        else:
-            first_id[example.id] = line
-        key = normalise_query(example.query)
-        if key in first_query:
-            n, other = first_query[key]
-            report("query", f"duplicate query: same text as id {other!r} ({unit} {n})")
-            bad = True
-        else:
-            first_query[key] = (line, example.id)
-        if not bad:
+        # Repeats are checked on the raw row, so a repeat of an invalid row is still reported.
+        id_, query = _text_or_none(row.get("id")), _text_or_none(row.get("query"))
+        repeated = False
+        if id_ is not None:
+            if id_ in first_id:
+                report("id", f"duplicate id {id_!r} (first at {unit} {first_id[id_]})")
+                repeated = True
+            else:
+                first_id[id_] = line
+        if query is not None:
+            key = normalise_query(query)
+            if key in first_query:
+                n, other = first_query[key]
+                report("query", f"duplicate query: same text as id {other!r} ({unit} {n})")
+                repeated = True
+            else:
+                first_query[key] = (line, id_)
+        if example is not None and not repeated:
             examples.append(example)
     problems.sort(key=lambda p: (p.line or 0))
     return Validation(examples, problems)
+
+
+def _text_or_none(v: Any) -> str | None:
+    return v if isinstance(v, str) and v.strip() else None
 
 
 def normalise_query(text: str) -> str:
@@ -601,14 +607,18 @@ def _part(text: str, start: int, end: int, marker_len: int, fence: str
     """
     s = text[start:end]
     open_end = s.index(fence, marker_len) + len(fence)
-    if s.startswith("\n", open_end):
-        open_end += 1
+    for newline in ("\r\n", "\n"):
+        if s.startswith(newline, open_end):
+            open_end += len(newline)
+            break
     close_at = s.rfind(fence, open_end)
     closed = close_at != -1
     if closed:
         content_end = close_at
-        if content_end > open_end and s[content_end - 1] == "\n":
-            content_end -= 1
+        for newline in ("\r\n", "\n"):
+            if s.endswith(newline, open_end, content_end):
+                content_end -= len(newline)
+                break
         eol = s.find("\n", close_at + len(fence))
     else:
         content_end = max(len(s.rstrip()), open_end)

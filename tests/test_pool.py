@@ -124,12 +124,13 @@ def test_validate_jsonl_reports_every_problem_on_its_line(tmp_path):
         row("bad-tags", "Tags?", tags=[1, 2]),                     # 12
         "[1, 2, 3]",                                               # 13 not an object
         row("ok-2", "Fine again?", category=7),                    # 14 non-text category
+        row("empty-q", "Repeat of an invalid row's id?"),          # 15 duplicate id
     ])
     problems = validate(path)
     assert problems_at(problems) == {
         (2, None), (4, "answer"), (5, "query"), (6, "id"), (7, "query"), (8, "answer"),
         (9, "query"), (10, "answer"), (11, "answer"), (12, "tags"), (13, None),
-        (14, "category"),
+        (14, "category"), (15, "id"),
     }
     text = {p.line: str(p) for p in problems}
     assert text[2].startswith(f"{path}:2: invalid JSON")
@@ -141,9 +142,9 @@ def test_validate_jsonl_reports_every_problem_on_its_line(tmp_path):
     with pytest.raises(PoolError) as err:
         Pool.load(path)
     msg = str(err.value)
-    assert f"{path}: 12 problems" in msg and f"{path}:2: invalid JSON" in msg
-    assert "and 7 more" in msg
-    assert len(err.value.problems) == 12
+    assert f"{path}: 13 problems" in msg and f"{path}:2: invalid JSON" in msg
+    assert "and 8 more" in msg
+    assert len(err.value.problems) == 13
 
 
 def test_validate_csv_counts_lines_of_multiline_cells(tmp_path):
@@ -271,6 +272,15 @@ def test_query_only_blocks_and_prose_between_blocks_stay_in_the_document():
     assert doc.render() == text
 
 
+def test_windows_line_endings_round_trip_with_clean_text():
+    text = DEFAULT_TEMPLATE.render_context("Be helpful.", EXAMPLES[1:]).replace("\n", "\r\n")
+    doc = parse_urial(text)
+    # Content keeps its own line endings; no stray "\r" is left at either edge.
+    assert [(e.query, e.answer) for e in doc.examples] == [
+        (e.query, e.answer.replace("\n", "\r\n")) for e in EXAMPLES[1:]]
+    assert doc.render() == text
+
+
 @pytest.mark.parametrize("text", ["Only a preamble.\n", "Only a preamble.", "Pre.\n\n\n", ""])
 def test_preamble_only_files_round_trip(text):
     doc = parse_urial(text)
@@ -385,6 +395,17 @@ def test_just_eval_import_joins_outputs_to_instructions(tmp_path):
         ("model-x-1", "Why is the sky blue?", "regular", ("lima",), "just-eval:model-x")]
     with pytest.raises(PoolError, match="--instructions"):
         import_file("just-eval", outs)
+
+
+@pytest.mark.skipif(not (SHARED / "just-eval").is_dir(), reason="../shared/data not present")
+def test_just_eval_import_of_the_shared_outputs_validates(tmp_path):
+    je = SHARED / "just-eval"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PoolWarning)  # a few instructions repeat upstream
+        pool = import_file("just-eval", je / "outputs" / "gpt-4-0613.dev.jsonl",
+                           instructions=je / "instructions.dev.jsonl")
+    assert len(pool) > 700 and set(pool.categories) == {"regular", "safety"}
+    assert validate(pool.save(tmp_path / "gpt4.jsonl")) == []
 
 
 # -- CLI -----------------------------------------------------------------------------------
