@@ -514,6 +514,7 @@ def test_cli_judge_calibrate(chat_server, tmp_path):
                                    f"dspy:openai/scripted@{url}", "--out", str(out), "--no-cache"])
     assert res.exit_code == 0, res.output
     assert "spearman" in res.stdout and "100% of 1" in res.stdout  # engagement system pair
+    assert "ours, length-controlled" in res.stdout and "sysB" in res.stdout
     figures = json.loads(out.read_text())
     assert {a["aspect"] for a in figures["aspects"]} == set(A5) | {"safety"}
     res = CliRunner().invoke(app, ["judge", "calibrate", "--reference", str(tmp_path / "nope.jsonl")])

@@ -198,6 +198,8 @@ def calibrate(
     except JudgeError as exc:
         fail(str(exc))
     _out().print(calibration_table(cal))
+    if cal.systems:
+        _out().print(systems_table(cal))
     if out:
         write_json(out, {**cal.to_dict(), "reference": str(reference), "limit": limit,
                          "summary": result.summary()})
@@ -217,6 +219,18 @@ def calibration_table(cal) -> Table:
                   f"{_fmt(a['mean_ours'])}/{_fmt(a['mean_reference'])}",
                   _pairs(a["system_pair_agreement"], a["system_pairs"]),
                   _pairs(a["item_pair_agreement"], a["item_pairs"]))
+    return t
+
+
+def systems_table(cal) -> Table:
+    t = Table("aspect", "system", "n", "mean words", "ours", "ours, length-controlled",
+              "reference", title="systems compared on the same queries",
+              caption="length-controlled: scores moved to the median response length with the "
+                      "slope on log length fitted within systems and queries")
+    for s in cal.systems:
+        t.add_row(s["aspect"], s["system"], str(s["n"]), _fmt(s["mean_words"], 0),
+                  _fmt(s["mean_ours"]), _fmt(s["mean_ours_length_controlled"]),
+                  _fmt(s["mean_reference"]))
     return t
 
 

@@ -21,7 +21,7 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from icl_search.judge.parsing import coerce_score
-from icl_search.judge.result import JudgeItem, JudgeResult
+from icl_search.judge.result import JudgeItem, JudgeResult, count_words, length_controlled
 from icl_search.judge.rubric import ALL_ASPECTS
 
 
@@ -207,6 +207,7 @@ def compare(result: JudgeResult, rows: Sequence[ReferenceRow]) -> Calibration:
 
     ours = {it.id: it.scores for it in result.items}
     cal = Calibration(result.judge_id, items=len(result.items))
+    lc = _length_controlled_by_system(result, rows)
     for aspect in ALL_ASPECTS:
         graded = [r for r in rows if r.scores.get(aspect) is not None]
         if not graded:
@@ -236,7 +237,7 @@ def compare(result: JudgeResult, rows: Sequence[ReferenceRow]) -> Calibration:
         entry.update(_pairwise(both))
         cal.aspects.append(entry)
         if entry["systems"] >= 2:
-            cal.systems.extend(_system_means(aspect, both))
+            cal.systems.extend(_system_means(aspect, both, lc))
     return cal
 
 
@@ -275,14 +276,31 @@ def _pairwise(both: list[tuple[float, float, ReferenceRow]]) -> dict[str, Any]:
     return out
 
 
-def _system_means(aspect: str, both) -> list[dict[str, Any]]:
-    by_system: dict[str, list[tuple[float, float]]] = defaultdict(list)
+def _length_controlled_by_system(result: JudgeResult, rows: Sequence[ReferenceRow]):
+    system_of = {r.key: r.system for r in rows}
+    split: dict[str, list] = defaultdict(list)
+    for it in result.items:
+        if it.id in system_of:
+            # Items are keyed system/id; the bare id lets the fit share query effects.
+            split[system_of[it.id]].append(replace(it, id=it.id.split("/", 1)[-1]))
+    if len(split) < 2:
+        return {}
+    return length_controlled({s: JudgeResult(its, result.judge_id) for s, its in split.items()})
+
+
+def _system_means(aspect: str, both, lc) -> list[dict[str, Any]]:
+    by_system: dict[str, list[tuple[float, float, ReferenceRow]]] = defaultdict(list)
     for o, ref, r in both:
-        by_system[r.system].append((o, ref))
-    return [{"aspect": aspect, "system": s, "n": len(v),
-             "mean_ours": float(np.mean([x[0] for x in v])),
-             "mean_reference": float(np.mean([x[1] for x in v]))}
-            for s, v in sorted(by_system.items())]
+        by_system[r.system].append((o, ref, r))
+    out = []
+    for s, v in sorted(by_system.items()):
+        out.append({"aspect": aspect, "system": s, "n": len(v),
+                    "mean_ours": float(np.mean([x[0] for x in v])),
+                    "mean_ours_length_controlled": lc[s].aspect_means.get(aspect)
+                    if s in lc else None,
+                    "mean_reference": float(np.mean([x[1] for x in v])),
+                    "mean_words": float(np.mean([count_words(x[2].response) for x in v]))})
+    return out
 
 
 def calibrate(judge, rows: Sequence[ReferenceRow], *, progress: bool = False
