@@ -38,9 +38,9 @@ for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PAR
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from icl_search.io import write_json  # noqa: E402
-from icl_search.judge import ASPECTS, EngineBackend, Judge, parse_judge_spec  # noqa: E402
-from icl_search.judge.calibration import compare, items_for, load_reference, select  # noqa: E402
+from icl_search.io import write_json
+from icl_search.judge import ASPECTS, EngineBackend, Judge, parse_judge_spec
+from icl_search.judge.calibration import compare, items_for, load_reference, select
 
 DATA = ROOT.parent / "shared" / "data" / "just-eval"
 RESULTS = ROOT / "bench" / "results" / "judge.json"

@@ -36,7 +36,6 @@ from icl_search.judge import (
     parse_judgement,
 )
 from icl_search.judge.calibration import compare, load_reference, select
-
 from tests.conftest import SHARED_DATA, free_port
 
 A5 = ASPECTS
@@ -53,22 +52,22 @@ PARSE_CASES = [
                                       "depth": 4, "engagement": 4}, {}),
     ("fenced with prose", "Here is my review.\n```json\n" + _five(depth=2) + "\n```\nThanks!",
      {"helpfulness": 4, "clarity": 4, "factuality": 4, "depth": 2, "engagement": 4}, {}),
-    ("scores as strings", '{"helpfulness": "5", "clarity": "4/5", "factuality": "3 out of 5",'
-     ' "depth": " 2 ", "engagement": "score: 1"}',
+    ("scores as strings", ('{"helpfulness": "5", "clarity": "4/5", "factuality": "3 out of 5",'
+                           ' "depth": " 2 ", "engagement": "score: 1"}'),
      {"helpfulness": 5, "clarity": 4, "factuality": 3, "depth": 2, "engagement": 1}, {}),
-    ("N/A and missing aspect", '{"helpfulness": 4, "clarity": 4, "factuality": "N/A",'
-     ' "depth": 3}', {"helpfulness": 4, "clarity": 4, "depth": 3},
+    ("N/A and missing aspect", ('{"helpfulness": 4, "clarity": 4, "factuality": "N/A",'
+                                ' "depth": 3}'), {"helpfulness": 4, "clarity": 4, "depth": 3},
      {"factuality": "n/a", "engagement": "missing"}),
-    ("out of range", '{"helpfulness": 7, "clarity": 0, "factuality": 4.5, "depth": "8/10",'
-     ' "engagement": 5}', {"factuality": 4.5, "engagement": 5},
+    ("out of range", ('{"helpfulness": 7, "clarity": 0, "factuality": 4.5, "depth": "8/10",'
+                      ' "engagement": 5}'), {"factuality": 4.5, "engagement": 5},
      {"helpfulness": "invalid", "clarity": "invalid", "depth": "invalid"}),
-    ("wrapped and capitalised", 'Result: {"scores": {"Helpfulness": 3, "Clarity": 3, '
-     '"Factuality": 3, "Depth": 3, "Engagement": 3}} done',
+    ("wrapped and capitalised", ('Result: {"scores": {"Helpfulness": 3, "Clarity": 3, '
+                                 '"Factuality": 3, "Depth": 3, "Engagement": 3}} done'),
      dict.fromkeys(A5, 3), {}),
-    ("python literal, trailing comma", "{'helpfulness': 2, 'clarity': 2, 'factuality': 2, "
-     "'depth': 2, 'engagement': 2,}", dict.fromkeys(A5, 2), {}),
-    ("no json, labelled lines", "**Helpfulness**: 4\nClarity - 3/5\nFactuality score = 5\n"
-     "Depth: N/A\nEngagement: 2", {"helpfulness": 4, "clarity": 3, "factuality": 5,
+    ("python literal, trailing comma", ("{'helpfulness': 2, 'clarity': 2, 'factuality': 2, "
+                                        "'depth': 2, 'engagement': 2,}"), dict.fromkeys(A5, 2), {}),
+    ("no json, labelled lines", ("**Helpfulness**: 4\nClarity - 3/5\nFactuality score = 5\n"
+                                 "Depth: N/A\nEngagement: 2"), {"helpfulness": 4, "clarity": 3, "factuality": 5,
                                    "engagement": 2}, {"depth": "n/a"}),
     ("garbage", "I am unable to evaluate this response.", {},
      dict.fromkeys(A5, "unparsable")),
@@ -299,8 +298,8 @@ SCRIPT = {
     "REPAIR": ["The answer looks good overall.", GOOD],
     "PARTIAL": ['{"helpfulness": 5, "clarity": 5, "factuality": 5, "depth": 5}',
                 '{"engagement": {"score": 3}}'],
-    "NOTAPPLIC": ['{"helpfulness": 4, "clarity": 4, "factuality": "N/A", "depth": 4, '
-                  '"engagement": 4}'],
+    "NOTAPPLIC": [('{"helpfulness": 4, "clarity": 4, "factuality": "N/A", "depth": 4, '
+                   '"engagement": 4}')],
     "HARM": ['{"safety": {"rationale": "declines", "score": 5}}'],
     "SLOW": [GOOD],
     "BROKEN": [],  # HTTP 500
@@ -421,7 +420,7 @@ def test_calibration_figures_against_scripted_judge(chat_server, tmp_path):
     judge = _chat_judge(url)
     from icl_search.judge.calibration import calibrate
 
-    cal, result = calibrate(judge, rows)
+    cal, _ = calibrate(judge, rows)
     aspects = {a["aspect"]: a for a in cal.aspects}
     # The scripted judge gives 4 to GOOD answers and 5 (3 for engagement) to PARTIAL ones.
     h = aspects["helpfulness"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -37,8 +37,8 @@ def _fmt(x: Any, digits: int = 2) -> str:
     return "-" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
 
 
-def _build_judge(spec: str, cache: Optional[Path], no_cache: bool, rubric: Optional[Path],
-                 safety_rubric: Optional[Path], max_model_len: Optional[int]):
+def _build_judge(spec: str, cache: Path | None, no_cache: bool, rubric: Path | None,
+                 safety_rubric: Path | None, max_model_len: int | None):
     from icl_search.cache import Cache
     from icl_search.judge import JudgeError, RubricError, make_judge
     from icl_search.models import ModelError
@@ -80,7 +80,7 @@ def _read_items(path: Path):
             row.setdefault("id", str(lineno))
             try:
                 item = to_item(row, lineno)
-            except ValueError as exc:
+            except (ValueError, TypeError) as exc:
                 fail(f"{path}:{lineno}: {exc}")
             if item.id in seen:
                 fail(f"{path}:{lineno}: field 'id': duplicate id {item.id!r} "
@@ -120,14 +120,14 @@ def score(
     out: Path = typer.Option(..., "--out", "-o", help="Scores, one row per item (Parquet; "
                              "a .jsonl name writes JSONL)."),
     judge: str = typer.Option("default", "--judge", help=JUDGE_HELP),
-    min_coverage: Optional[float] = typer.Option(
+    min_coverage: float | None = typer.Option(
         None, min=0.0, max=1.0, help="Fail (exit 2) when an aspect was judged on less than "
         "this fraction of its items; the scores are written first."),
-    rubric: Optional[Path] = typer.Option(None, help="Rubric file for regular queries."),
-    safety_rubric: Optional[Path] = typer.Option(None, help="Rubric file for safety queries."),
-    max_model_len: Optional[int] = typer.Option(None, help="Context window of a local judge "
+    rubric: Path | None = typer.Option(None, help="Rubric file for regular queries."),
+    safety_rubric: Path | None = typer.Option(None, help="Rubric file for safety queries."),
+    max_model_len: int | None = typer.Option(None, help="Context window of a local judge "
                                                 "model (default 4096)."),
-    cache: Optional[Path] = typer.Option(None, help="Judge cache file "
+    cache: Path | None = typer.Option(None, help="Judge cache file "
                                          "(default: $ICL_SEARCH_HOME/cache.sqlite3)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Always ask the judge."),
 ) -> None:
@@ -162,27 +162,27 @@ def calibrate(
     reference: Path = typer.Option(..., "--reference", help="Reference judgements JSONL (id, "
                                    "generator, scores, optional output), e.g. just-eval's "
                                    "judgements/reference.dev.jsonl."),
-    outputs: Optional[Path] = typer.Option(None, help="Folder of system outputs JSONL (default: "
+    outputs: Path | None = typer.Option(None, help="Folder of system outputs JSONL (default: "
                                            "../outputs beside the reference file)."),
-    instructions: Optional[Path] = typer.Option(None, help="Instructions JSONL (default: "
+    instructions: Path | None = typer.Option(None, help="Instructions JSONL (default: "
                                                 "../instructions.dev.jsonl)."),
     judge: str = typer.Option("default", "--judge", help=JUDGE_HELP),
-    limit: Optional[int] = typer.Option(None, min=1, help="At most N query ids per category, "
+    limit: int | None = typer.Option(None, min=1, help="At most N query ids per category, "
                                         "spread over the ids (all systems for each)."),
-    systems: Optional[str] = typer.Option(None, help="Comma-separated systems to keep."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the figures as JSON."),
-    rubric: Optional[Path] = typer.Option(None, help="Rubric file for regular queries."),
-    safety_rubric: Optional[Path] = typer.Option(None, help="Rubric file for safety queries."),
-    max_model_len: Optional[int] = typer.Option(None, help="Context window of a local judge."),
-    cache: Optional[Path] = typer.Option(None, help="Judge cache file."),
+    systems: str | None = typer.Option(None, help="Comma-separated systems to keep."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the figures as JSON."),
+    rubric: Path | None = typer.Option(None, help="Rubric file for regular queries."),
+    safety_rubric: Path | None = typer.Option(None, help="Rubric file for safety queries."),
+    max_model_len: int | None = typer.Option(None, help="Context window of a local judge."),
+    cache: Path | None = typer.Option(None, help="Judge cache file."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Always ask the judge."),
 ) -> None:
     """Agreement with a reference judge: Spearman, Kendall, MAE per aspect, pairwise system
     agreement."""
     from icl_search.io import write_json
     from icl_search.judge import JudgeError
-    from icl_search.judge.calibration import ReferenceError, calibrate as run, load_reference
-    from icl_search.judge.calibration import select
+    from icl_search.judge.calibration import ReferenceError, load_reference, select
+    from icl_search.judge.calibration import calibrate as run
 
     _check_spec(judge)
     try:

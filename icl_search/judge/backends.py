@@ -292,7 +292,7 @@ class ChatBackend:
 def _is_timeout(e: Exception) -> bool:
     from dspy.utils.exceptions import LMTimeoutError
 
-    return isinstance(e, LMTimeoutError) or bool(re.search(r"timed? ?out", str(e), re.I))
+    return isinstance(e, LMTimeoutError) or bool(re.search(r"timed? ?out", str(e), re.IGNORECASE))
 
 
 def _one_line(e: Exception) -> str:

@@ -134,7 +134,7 @@ def to_item(x: JudgeItem | Mapping[str, Any], index: int = 0) -> JudgeItem:
     if isinstance(x, JudgeItem):
         return x
     if not isinstance(x, Mapping):
-        raise ValueError(f"item {index}: expected a JudgeItem or a mapping with query and "
+        raise TypeError(f"item {index}: expected a JudgeItem or a mapping with query and "
                          f"response, got {type(x).__name__}")
     ident = str(x.get("id", index))
     query = next((x[k] for k in QUERY_FIELDS if k in x), None)

@@ -24,11 +24,11 @@ NA, MISSING, INVALID, UNPARSABLE = "n/a", "missing", "invalid", "unparsable"
 _NA_WORDS = {"n/a", "na", "none", "null", "not applicable", "n.a.", "-", "not_applicable"}
 _SCORE_KEYS = ("score", "rating", "value", "grade")
 _REASON_KEYS = ("rationale", "reason", "explanation", "justification", "comment")
-_FENCE = re.compile(r"```[a-zA-Z]*\s*\n?(.*?)```", re.S)
+_FENCE = re.compile(r"```[a-zA-Z]*\s*\n?(.*?)```", re.DOTALL)
 _NUMBER = r"[-+]?\d+(?:\.\d+)?"
 _SCORE_TEXT = re.compile(
     rf"^\s*(?:score\s*[:=]?\s*)?({_NUMBER})\s*(?:(?:/|out of|of)\s*({_NUMBER}))?\s*\.?\s*$",
-    re.I,
+    re.IGNORECASE,
 )
 
 
@@ -200,7 +200,7 @@ def _from_lines(text: str, aspects: tuple[str, ...]) -> dict[str, tuple[Any, str
         m = re.search(
             rf"{aspect}\W{{0,4}}(?:score|rating)?\W{{0,4}}?[:=\-–]\s*\**\s*"
             rf"({_NUMBER}\s*(?:/\s*{_NUMBER}|out of\s*{_NUMBER})?|N/?A\b)",
-            text, re.I)
+            text, re.IGNORECASE)
         if m:
             out[aspect] = (m.group(1), None)
     return out

@@ -55,10 +55,10 @@ class JudgeItem:
         object.__setattr__(self, "id", str(self.id))
         object.__setattr__(self, "category", str(self.category or "regular"))
         if not isinstance(self.query, str):
-            raise ValueError(f"item {self.id}: query must be a string, got "
+            raise TypeError(f"item {self.id}: query must be a string, got "
                              f"{type(self.query).__name__}")
         if self.response is not None and not isinstance(self.response, str):
-            raise ValueError(f"item {self.id}: response must be a string or null, got "
+            raise TypeError(f"item {self.id}: response must be a string or null, got "
                              f"{type(self.response).__name__}")
 
 
