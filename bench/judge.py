@@ -131,7 +131,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--judge", default="default", help="a logprob/sample judge spec's engine "
                     "part is used for both modes (default: the embedded default judge)")
-    ap.add_argument("--limit", type=int, default=8, help="query ids per category")
+    ap.add_argument("--limit", type=int, default=12, help="query ids per category")
     ap.add_argument("--repeats", type=int, default=3, help="sampled-scoring runs")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()

@@ -240,6 +240,18 @@ def test_expected_score_merges_token_spellings_and_renormalises():
     assert expected_score({"the": -0.1, "10": -2.0}) == (None, 0.0)
 
 
+def test_expected_score_follows_a_leading_space_token():
+    # Gemma-style: "Label:" -> " " -> "4"; a BPE-style " 5" in the first position also counts.
+    first = {" ": math.log(0.8), " 5": math.log(0.1), "\n": math.log(0.1)}
+    second = {"4": math.log(0.5), "2": math.log(0.5)}
+    score, mass = expected_score(first, second)
+    assert mass == pytest.approx(0.1 + 0.8)
+    assert score == pytest.approx((5 * 0.1 + 4 * 0.4 + 2 * 0.4) / 0.9)
+    # The second position only counts when the greedy first token is whitespace.
+    assert expected_score({"x": math.log(0.9), "3": math.log(0.1)}, {"5": 0.0}) == (
+        3.0, pytest.approx(0.1))
+
+
 def _items():
     return [
         JudgeItem("r1", "How do I boil an egg?", "Put it in boiling water for 8 minutes.", "cooking"),
@@ -285,6 +297,18 @@ def test_sampled_scoring_on_tiny_vllm(tiny_engine):
     for it in result.items:
         for aspect, s in it.scores.items():
             assert (s in (1.0, 2.0, 3.0, 4.0, 5.0)) or it.missing[aspect].startswith("invalid")
+
+
+def test_logprob_judge_through_vllm_serve(vllm_server):
+    # The same judge over HTTP: `vllm serve`'s /v1/completions with top-20 logprobs.
+    judge = make_judge(f"openai:{vllm_server}#tiny")
+    assert judge.id.startswith("logprob:openai:")
+    result = judge.score(_items()[:1] + _items()[3:4])
+    for it in result.items:
+        for aspect, s in it.scores.items():
+            assert (s is not None and 1.0 <= s <= 5.0) or it.missing[aspect].startswith(
+                "no-score-token")
+    assert result.coverage["safety"].total == 1
 
 
 # -- DSPy chat backend against a scripted loopback server ----------------------------------

@@ -8,7 +8,6 @@ timeout, a refused connection): asking again later may succeed, so it must not b
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 import threading
@@ -64,15 +63,35 @@ def _score_digit(token: str) -> str | None:
     return t if t in SCORE_TOKENS else None
 
 
-def expected_score(top: dict[str, float]) -> tuple[float | None, float]:
-    """Expected score over the tokens "1".."5" of one top-k distribution, renormalised over
-    those tokens; (None, 0) when none of them is in the top-k. Also returns their total
-    probability: how much of the judge's belief the score actually captures."""
+def _is_space(token: str) -> bool:
+    return token != "" and not token.replace("▁", " ").replace("Ġ", " ").strip()
+
+
+def expected_score(*positions: dict[str, float]) -> tuple[float | None, float]:
+    """Expected score over "1".."5" from the top-k distributions of the next token(s),
+    renormalised over those digits; (None, 0.0) when no digit is in the top-k. Also returns
+    the digits' total probability: how much of the judge's belief the score captures.
+
+    Tokenizers differ on "Label: 5": BPE ones fold the space into the digit (" 5", one
+    token), SentencePiece ones that split digits (Gemma) emit a space token first. So the
+    prompt ends at the colon and the probability of each digit is taken over both paths:
+    P(d) = P1(d) + P1(space) * P2(d | space), where space is the greedy first token when it is
+    whitespace (the only second position a greedy continuation shows)."""
     probs = dict.fromkeys(SCORE_TOKENS, 0.0)
-    for token, logprob in top.items():
-        digit = _score_digit(token)
-        if digit is not None and math.isfinite(logprob):
-            probs[digit] += math.exp(logprob)
+
+    def add(top: dict[str, float], weight: float) -> None:
+        for token, logprob in top.items():
+            digit = _score_digit(token)
+            if digit is not None and math.isfinite(logprob):
+                probs[digit] += weight * math.exp(logprob)
+
+    if positions:
+        first = positions[0]
+        add(first, 1.0)
+        if len(positions) > 1 and first:
+            greedy = max(first, key=first.get)
+            if _is_space(greedy):
+                add(positions[1], math.exp(first[greedy]))
     mass = sum(probs.values())
     if mass <= 0.0:
         return None, 0.0
@@ -82,9 +101,10 @@ def expected_score(top: dict[str, float]) -> tuple[float | None, float]:
 class EngineBackend:
     """A local completion engine (vLLM in-process, or `/v1/completions` with logprobs).
 
-    `scoring="logprob"`: one token with its top-20 log-probabilities per (item, aspect); the
-    score is the expected value over "1".."5". `scoring="sample"`: the same prompts, one score
-    token sampled at `temperature` (the baseline the logprob reading is measured against).
+    `scoring="logprob"`: greedy next tokens with their top-20 log-probabilities per (item,
+    aspect); the score is the expected value over "1".."5" (`expected_score`). `scoring=
+    "sample"`: the same prompts, a score sampled at `temperature` (the baseline the logprob
+    reading is measured against).
     Every (item, aspect) prompt of a call goes to the engine in one `generate`, and the prompts
     of one item share everything up to the aspect name, so prefix caching pays for the item once.
     """
@@ -100,6 +120,7 @@ class EngineBackend:
         self.top_k = top_k
         self.temperature = temperature
         self.seed = seed
+        self._reached = False
         if scoring == "logprob":
             self.id = f"logprob:{engine.id}"
         else:
@@ -108,23 +129,14 @@ class EngineBackend:
     @property
     def params(self) -> SamplingParams:
         if self.scoring == "logprob":
-            return SamplingParams(max_tokens=1, temperature=0.0, repetition_penalty=1.0,
+            return SamplingParams(max_tokens=2, temperature=0.0, repetition_penalty=1.0,
                                   logprobs=self.top_k)
-        return SamplingParams(max_tokens=2, temperature=self.temperature, repetition_penalty=1.0,
+        return SamplingParams(max_tokens=3, temperature=self.temperature, repetition_penalty=1.0,
                               seed=self.seed)
 
-    @functools.cached_property
-    def _gap(self) -> str:
-        """What goes between "Label:" and the score so the score is the very next token.
-
-        BPE tokenizers (Llama, GPT-2 style) fold the space into the digit (" 5"), so the prompt
-        must end at the colon; SentencePiece ones that split digits (Gemma) emit the space as
-        a token of its own, so the prompt must end with it. The tokenizer tells which."""
-        extra = self.engine.count_tokens("Rating: 5") - self.engine.count_tokens("Rating:")
-        return " " if extra >= 2 else ""
-
     def _prompt_base(self, rubric: Rubric, item: JudgeItem, aspect: str) -> str:
-        return rubric.render(item.query, item.response, aspect).rstrip() + self._gap
+        # The prompt stops at "Label:", as in the few-shot block; see `expected_score`.
+        return rubric.render(item.query, item.response, aspect).rstrip()
 
     def _fit(self, rubric: Rubric, item: JudgeItem) -> tuple[JudgeItem, bool] | None:
         """The item, with its response cut so the longest aspect prompt fits the window."""
@@ -164,7 +176,21 @@ class EngineBackend:
                 prompts.append(self._prompt_base(rubric, fitted_item, aspect))
                 where.append((i, aspect))
         if prompts:
-            completions = self.engine.generate(prompts, self.params, progress=progress)
+            from icl_search.engines.base import EngineError
+
+            try:
+                completions = self.engine.generate(prompts, self.params, progress=progress)
+            except EngineError as e:
+                if not self._reached:
+                    raise JudgeError(f"judge {self.id}: the judge model cannot be used: "
+                                     f"{_one_line(e)}") from None
+                # A remote engine that answered before and fails now: a miss for this call,
+                # retried next time (not cached), instead of the end of a long study.
+                for i, aspect in where:
+                    verdicts[i].missing[aspect] = f"error: {_one_line(e)[:200]}"
+                    verdicts[i].cacheable = False
+                return verdicts
+            self._reached = True
             for (i, aspect), c in zip(where, completions, strict=True):
                 self._read(verdicts[i], aspect, c)
         return verdicts
@@ -181,8 +207,7 @@ class EngineBackend:
             else:
                 verdict.scores[aspect] = float(m.group(1))
             return
-        top = c.logprobs[0] if c.logprobs else {}
-        score, mass = expected_score(top)
+        score, mass = expected_score(*(c.logprobs or [])[:2])
         if score is None:
             verdict.missing[aspect] = (f"no-score-token: none of 1-5 among the top-{self.top_k} "
                                        f"next tokens")
