@@ -143,6 +143,24 @@ def resolve_model(name_or_path: str | os.PathLike, *, auto_prepare: bool = True)
     )
 
 
+def model_fingerprint(path: str | os.PathLike) -> str:
+    """A cheap identity of a model folder's contents (file names, sizes, modification times,
+    and config.json's text): a model rebuilt or replaced at the same path gets a new one, so
+    cached generations of the old weights are never served for the new."""
+    import hashlib
+
+    p = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(p.rglob("*")):
+        if f.is_file() and not f.name.startswith("."):
+            st = f.stat()
+            h.update(f"{f.relative_to(p)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    cfg = p / "config.json"
+    if cfg.exists():
+        h.update(cfg.read_bytes())
+    return h.hexdigest()[:12]
+
+
 # -- the tiny test model ---------------------------------------------------------------------
 _TINY_CORPUS = """\
 # Query:
@@ -158,10 +176,15 @@ The quick brown fox jumps over the lazy dog 0123456789 + - * / = ( ) [ ] { } < >
 """
 
 
-def build_tiny_model(target: str | os.PathLike, *, vocab_size: int = 512, seed: int = 0) -> Path:
+def build_tiny_model(target: str | os.PathLike, *, vocab_size: int = 512, seed: int = 0,
+                     score_prior: float = 0.05) -> Path:
     """A random Llama (hidden 64, head_dim 32, 2 layers) with a byte-level BPE tokenizer trained
     here: loads in vLLM in seconds and generates thousands of tokens/s on a CPU. Its text is
-    noise; it exists so tests and benchmarks exercise the real engine path."""
+    noise; it exists so tests and benchmarks exercise the real engine path.
+
+    `score_prior` gives the digit tokens "1".."5" a mild input-independent lift (through one
+    constant hidden dimension), so a logprob judge running on this model finds them among its
+    top candidates and returns scores — noise, but produced by real forward passes."""
     target = Path(target)
     if (target / MARKER).exists():
         return target
@@ -169,7 +192,7 @@ def build_tiny_model(target: str | os.PathLike, *, vocab_size: int = 512, seed: 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _build_tiny(tmp, vocab_size, seed)
+        _build_tiny(tmp, vocab_size, seed, score_prior)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -181,7 +204,7 @@ def build_tiny_model(target: str | os.PathLike, *, vocab_size: int = 512, seed: 
     return target
 
 
-def _build_tiny(tmp: Path, vocab_size: int, seed: int) -> None:
+def _build_tiny(tmp: Path, vocab_size: int, seed: int, score_prior: float) -> None:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -211,4 +234,11 @@ def _build_tiny(tmp: Path, vocab_size: int, seed: int) -> None:
         eos_token_id=tok.token_to_id("</s>"), pad_token_id=tok.token_to_id("<pad>"),
         tie_word_embeddings=False,
     )
-    LlamaForCausalLM(cfg).to(torch.float32).save_pretrained(tmp)
+    model = LlamaForCausalLM(cfg).to(torch.float32)
+    if score_prior:
+        with torch.no_grad():
+            # hidden dim 0 is ~constant after the final norm: a per-token bias via lm_head
+            model.model.embed_tokens.weight[:, 0] = 0.2
+            for d in "12345":
+                model.lm_head.weight[tok.token_to_id(d), 0] = score_prior
+    model.save_pretrained(tmp)

@@ -24,3 +24,5 @@ from icl_search.cli import generate as _generate  # noqa: E402,F401
 from icl_search.cli import select as _select  # noqa: E402,F401
 from icl_search.cli import pool as _pool  # noqa: E402,F401
 from icl_search.cli import judge as _judge  # noqa: E402,F401
+from icl_search.cli import study as _study  # noqa: E402,F401
+from icl_search.cli import serve as _serve  # noqa: E402,F401

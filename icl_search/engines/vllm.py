@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from icl_search.engines.base import Completion, EngineError, EngineStats, SamplingParams
-from icl_search.models import resolve_model
+from icl_search.models import model_fingerprint, resolve_model
 
 DEFAULT_CPU_KV_CACHE_BYTES = 512 * 2**20
 
@@ -72,7 +72,8 @@ class VLLMEngine:
         kwargs.update(llm_kwargs)
         self.llm = LLM(**kwargs)
         self.model = str(path)
-        self.id = f"vllm:{path.resolve()}"
+        # the fingerprint keeps caches honest when a folder's weights change
+        self.id = f"vllm:{path.resolve()}@{model_fingerprint(path)}"
         self.tokenizer = self.llm.get_tokenizer()
         self.context_window = int(self.llm.llm_engine.model_config.max_model_len)
         self.device = "cuda" if gpu else "cpu"

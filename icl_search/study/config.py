@@ -1,0 +1,229 @@
+"""The study configuration: one TOML file, validated with pydantic.
+
+Relative paths in the file are resolved against the file's own folder, so a config works from
+any working directory. Every error names the field and the accepted values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """The study config is invalid; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Strict):
+    engine: str = Field("vllm:default", description="engine spec: vllm:NAME_OR_PATH or "
+                        "openai:http://host:port/v1[#model]")
+    max_model_len: int | None = Field(2048, ge=128)
+    kv_cache_memory_bytes: int | None = Field(None, ge=2**20)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    api_key_env: str | None = Field(None, description="env var holding the endpoint's API key")
+
+
+class JudgeSection(_Strict):
+    spec: str = Field("default", description="judge spec, see `icl-search judge --help`")
+    min_coverage: float = Field(0.5, ge=0.0, le=1.0)
+    rubric: str | None = None
+    safety_rubric: str | None = None
+    max_model_len: int | None = Field(None, ge=128)
+
+
+class PoolSection(_Strict):
+    path: str
+    embedder: str = "default"
+    index_dir: str | None = None
+
+
+class EvalSection(_Strict):
+    path: str
+    limit: int | None = Field(None, ge=1)
+
+
+class DecodingSection(_Strict):
+    max_tokens: int = Field(256, ge=1, le=32768)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.1, gt=0.0, le=2.0)
+    seed: int = 0
+
+
+Strategy = Literal["fixed", "knn", "mmr", "hybrid", "balanced"]
+
+
+class BaselineSection(_Strict):
+    system: str | None = Field(None, description="preamble file (default: the first one)")
+    example_ids: list[str] = Field(default_factory=list, description="the fixed example set")
+
+
+class SearchSection(_Strict):
+    system_prompts: list[str] = Field(min_length=1)
+    k: tuple[int, int] = Field((0, 4), description="[min, max] examples per prompt")
+    strategies: list[Strategy] = Field(default_factory=lambda: ["fixed", "knn", "mmr", "hybrid"],
+                                       min_length=1)
+    fixed_candidates: list[str] | None = Field(
+        None, description="pool ids a fixed set may use (default: the whole pool)")
+    anchors: int = Field(1, ge=1, description="hybrid: fixed anchors before retrieved ones")
+    mmr_lambda: tuple[float, float] = (0.3, 0.9)
+    temperature: tuple[float, float] | None = None
+    repetition_penalty: tuple[float, float] | None = None
+    baseline: BaselineSection = Field(default_factory=BaselineSection)
+    enqueue: list[dict[str, Any]] = Field(default_factory=list,
+                                          description="extra trials to evaluate first (params)")
+
+    @field_validator("k")
+    @classmethod
+    def _k(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 0 <= v[0] <= v[1] <= 16:
+            raise ValueError("expected [min, max] with 0 <= min <= max <= 16")
+        return v
+
+    @field_validator("mmr_lambda", "temperature", "repetition_penalty")
+    @classmethod
+    def _range(cls, v):
+        if v is not None and not (0 <= v[0] <= v[1] <= 2):
+            raise ValueError("expected [low, high] with 0 <= low <= high <= 2")
+        return v
+
+
+class OptunaSection(_Strict):
+    n_trials: int = Field(12, ge=1)
+    timeout_minutes: float | None = Field(None, gt=0)
+    sampler: Literal["tpe", "random"] = "tpe"
+    n_startup_trials: int = Field(4, ge=0)
+    pruner: Literal["wilcoxon", "halving", "none"] = "wilcoxon"
+    wilcoxon_p: float = Field(0.1, gt=0, lt=1)
+    storage: str | None = Field(None, description="Optuna storage URL (default: sqlite file "
+                                "beside the config)")
+    batch_trials: int = Field(4, ge=1, description="trials evaluated together per engine call")
+    chunk_size: int = Field(8, ge=1, description="queries per pruning step")
+    multi_objective: bool = Field(False, description="maximise score and minimise context tokens")
+    heartbeat_seconds: int = Field(30, ge=1)
+    max_retry: int = Field(2, ge=0, description="retries of a trial failed by heartbeat")
+
+
+class StudyConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    model: ModelSection = Field(default_factory=ModelSection)
+    judge: JudgeSection = Field(default_factory=JudgeSection)
+    pool: PoolSection
+    eval: EvalSection
+    decoding: DecodingSection = Field(default_factory=DecodingSection)
+    search: SearchSection
+    optuna: OptunaSection = Field(default_factory=OptunaSection)
+    template: dict[str, Any] | None = None
+    artifacts_dir: str | None = None
+    cache: str | None = Field(None, description="cache file (default: the user cache)")
+
+    # not part of the file: where it was read from
+    source: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _template(self) -> StudyConfig:
+        from icl_search.prompt import Template
+
+        Template.from_dict(self.template)
+        return self
+
+    # -- paths ---------------------------------------------------------------------------
+    @property
+    def base_dir(self) -> Path:
+        return self.source.parent if self.source else Path.cwd()
+
+    def path(self, p: str | None) -> Path | None:
+        if p is None:
+            return None
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else (self.base_dir / q)
+
+    @property
+    def storage_url(self) -> str:
+        if self.optuna.storage:
+            return self.optuna.storage
+        return f"sqlite:///{(self.base_dir / f'{self.name}.db').resolve()}"
+
+    @property
+    def artifacts_path(self) -> Path:
+        return self.path(self.artifacts_dir) or (self.base_dir / "artifacts" / self.name)
+
+    @property
+    def hash(self) -> str:
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def check_files(self) -> None:
+        """Every file the study reads must exist: fail before any model is loaded."""
+        fields = [("pool.path", self.pool.path), ("eval.path", self.eval.path)]
+        fields += [(f"search.system_prompts[{i}]", p)
+                   for i, p in enumerate(self.search.system_prompts)]
+        if self.judge.rubric:
+            fields.append(("judge.rubric", self.judge.rubric))
+        if self.judge.safety_rubric:
+            fields.append(("judge.safety_rubric", self.judge.safety_rubric))
+        for name, p in fields:
+            if not self.path(p).exists():
+                raise ConfigError(f"{self.source}: field '{name}': file not found: {self.path(p)}")
+        if self.search.baseline.system and self.search.baseline.system not in \
+                self.search.system_prompts:
+            raise ConfigError(
+                f"{self.source}: field 'search.baseline.system': {self.search.baseline.system!r} "
+                f"is not one of search.system_prompts {self.search.system_prompts}")
+
+
+def _format_error(source: Path | str, exc: ValidationError) -> str:
+    lines = []
+    for e in exc.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            parent = e["loc"][:-1]
+            model = StudyConfig
+            for part in parent:
+                if isinstance(part, int):
+                    continue
+                ann = model.model_fields[part].annotation
+                model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else model
+            msg = f"unknown field; accepted fields: {', '.join(sorted(model.model_fields))}"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        lines.append(f"{source}: field '{loc}': {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, **overrides: Any) -> StudyConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    try:
+        cfg = StudyConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(path, exc)) from None
+    except ValueError as exc:  # template field errors
+        raise ConfigError(f"{path}: field 'template': {exc}") from None
+    cfg = cfg.model_copy(update={"source": path.resolve()})
+    cfg.check_files()
+    return cfg

@@ -1,0 +1,204 @@
+"""Evaluating trial contexts: render every (trial, query) prompt, generate them in one batched
+engine call, judge them in one batched judge call, and keep the per-query artifacts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from icl_search.engines.base import Engine, SamplingParams
+from icl_search.evalset import Query
+from icl_search.judge import ItemJudgement, Judge, JudgeItem, JudgeResult
+from icl_search.pool import Example, Pool
+from icl_search.prompt import Budget, Template
+from icl_search.study.space import TrialSpec
+
+
+@dataclass
+class QueryRecord:
+    """One query of one trial: what was asked, what came back, how it was judged."""
+
+    query_id: str
+    query: str
+    category: str
+    prompt: str | None
+    examples: list[str]
+    dropped: list[str]
+    context_tokens: int
+    answer: str | None
+    finish_reason: str
+    completion_tokens: int
+    error: str | None
+    judgement: ItemJudgement | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        j = self.judgement
+        return {
+            "query_id": self.query_id, "query": self.query, "category": self.category,
+            "prompt": self.prompt, "examples": self.examples, "dropped": self.dropped,
+            "context_tokens": self.context_tokens, "answer": self.answer,
+            "finish_reason": self.finish_reason, "completion_tokens": self.completion_tokens,
+            "error": self.error,
+            "scores": j.scores if j else None, "missing": j.missing if j else None,
+            "overall": j.overall if j else None, "length_words": j.length_words if j else None,
+        }
+
+
+@dataclass
+class TrialEvaluation:
+    spec: TrialSpec
+    records: list[QueryRecord] = field(default_factory=list)
+
+    def result(self, judge_id: str = "") -> JudgeResult:
+        return JudgeResult([r.judgement for r in self.records if r.judgement is not None],
+                           judge_id)
+
+    @property
+    def mean_context_tokens(self) -> float:
+        toks = [r.context_tokens for r in self.records if r.prompt is not None]
+        return float(np.mean(toks)) if toks else 0.0
+
+
+@dataclass
+class EvalStats:
+    prompts: int = 0
+    generated: int = 0
+    gen_cached: int = 0
+    judged: int = 0
+    judge_cached: int = 0
+    gen_seconds: float = 0.0
+    judge_seconds: float = 0.0
+
+
+class Evaluator:
+    """Turns `TrialSpec`s into judged answers on an evaluation set.
+
+    Retrieval strategies use the pool's FAISS index; the eval queries are embedded once.
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        judge: Judge,
+        pool: Pool,
+        queries: Sequence[Query],
+        systems: dict[str, str],
+        params: SamplingParams,
+        template: Template | None = None,
+        index_dir: Path | None = None,
+        embedder: str = "default",
+        needs_index: bool = True,
+    ):
+        self.engine = engine
+        self.judge = judge
+        self.pool = pool
+        self.queries = list(queries)
+        self.systems = systems
+        self.template = template or Template()
+        self.params = params if params.stop else params.replace(stop=self.template.stop)
+        self.budget = Budget(engine.count_tokens, engine.context_window)
+        self.stats = EvalStats()
+        self._index = None
+        self._vectors: np.ndarray | None = None
+        self._index_dir = index_dir
+        self._embedder = embedder
+        self._selectors: dict[Any, Any] = {}
+        if needs_index:
+            self._load_index()
+
+    # -- retrieval ---------------------------------------------------------------------------
+    def _load_index(self):
+        if self._index is None:
+            from icl_search.index import Embedder, PoolIndex
+
+            directory = self._index_dir or PoolIndex.default_dir(self.pool.path)
+            self._index = PoolIndex.load(directory, self.pool, Embedder(
+                None if self._embedder == "default" else self._embedder))
+            self._vectors = self._index.embed([q.query for q in self.queries])
+        return self._index
+
+    def _selector(self, spec: TrialSpec):
+        from icl_search.selection import SelectionConfig, Selector
+
+        key = (spec.strategy, spec.k, spec.fixed_ids, spec.mmr_lambda)
+        if key not in self._selectors:
+            cfg = SelectionConfig(
+                strategy=spec.strategy, k=spec.k, fixed_ids=list(spec.fixed_ids),
+                mmr_lambda=spec.mmr_lambda if spec.mmr_lambda is not None else 0.5,
+            )
+            self._selectors[key] = Selector(self._load_index(), cfg)
+        return self._selectors[key]
+
+    def examples_for(self, spec: TrialSpec, positions: Sequence[int]) -> list[list[Example]]:
+        if spec.k == 0 or spec.strategy == "none":
+            return [[] for _ in positions]
+        if spec.strategy == "fixed":
+            shots = [self.pool[i] for i in spec.fixed_ids]
+            return [shots for _ in positions]
+        sel = self._selector(spec)
+        assert self._vectors is not None
+        picked = sel.select_many([self.queries[i].query for i in positions],
+                                 vectors=self._vectors[list(positions)])
+        return [[s.example for s in row] for row in picked]
+
+    def params_for(self, spec: TrialSpec) -> SamplingParams:
+        kw = {}
+        if spec.temperature is not None:
+            kw["temperature"] = spec.temperature
+        if spec.repetition_penalty is not None:
+            kw["repetition_penalty"] = spec.repetition_penalty
+        return self.params.replace(**kw) if kw else self.params
+
+    # -- evaluation --------------------------------------------------------------------------
+    def evaluate(self, specs: Sequence[TrialSpec], positions: Sequence[int],
+                 *, keep_prompts: bool = True) -> list[list[QueryRecord]]:
+        """Records for `positions` (indices into the eval set) of every spec: one generation
+        call per distinct decoding setting (usually one for the whole batch) and one judge call.
+        """
+        per_spec: list[list[QueryRecord]] = []
+        jobs: dict[SamplingParams, list[tuple[QueryRecord, str]]] = {}
+        for spec in specs:
+            system = self.systems[spec.system_name]
+            shots = self.examples_for(spec, positions)
+            params = self.params_for(spec)
+            rows = []
+            for pos, exs in zip(positions, shots):
+                q = self.queries[pos]
+                fit = self.budget.fit(self.template, system, exs, q.query, params.max_tokens)
+                rec = QueryRecord(
+                    q.id, q.query, q.category, fit.prompt if keep_prompts else None,
+                    [e.id for e in fit.kept], [e.id for e in fit.dropped],
+                    fit.prompt_tokens, None, "error" if not fit.ok else "pending", 0, fit.error)
+                if fit.ok:
+                    jobs.setdefault(params, []).append((rec, fit.prompt))
+                    if not keep_prompts:
+                        rec.prompt = ""
+                rows.append(rec)
+            per_spec.append(rows)
+        t0 = time.perf_counter()
+        for params, items in jobs.items():
+            outs = self.engine.generate([p for _, p in items], params)
+            for (rec, _), c in zip(items, outs):
+                rec.answer = self.template.clean(c.text)
+                rec.finish_reason = c.finish_reason
+                rec.completion_tokens = c.completion_tokens
+                self.stats.generated += 1
+                self.stats.gen_cached += int(c.cached)
+            self.stats.prompts += len(items)
+        t1 = time.perf_counter()
+        flat = [r for rows in per_spec for r in rows]
+        items = [JudgeItem(f"{i}", r.query, r.answer, r.category) for i, r in enumerate(flat)]
+        result = self.judge.score(items)
+        for r, j in zip(flat, result.items):
+            r.judgement = j
+        self.stats.judged += len(items)
+        self.stats.judge_cached += result.cache_hits
+        self.stats.gen_seconds += t1 - t0
+        self.stats.judge_seconds += time.perf_counter() - t1
+        return per_spec

@@ -1,0 +1,436 @@
+"""Running a study: ask a batch of trials, evaluate them together chunk by chunk (reporting
+per-query scores to the pruner), tell, and keep every trial's artifacts.
+
+Crash safety: trials in flight send heartbeats; a worker that dies leaves RUNNING trials that
+`fail_stale_trials` fails after the grace period, and `RetryFailedTrialCallback` re-enqueues
+them with the same parameters (the caches make the work already done free). Trial asks are
+serialised across workers (an advisory lock on PostgreSQL, a file lock beside a SQLite file),
+so the number of finished trials is exactly `n_trials`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from icl_search.study.config import StudyConfig
+from icl_search.study.evaluate import Evaluator, TrialEvaluation
+from icl_search.study.space import (
+    TrialSpec,
+    baseline_params,
+    make_pruner,
+    make_sampler,
+    suggest,
+    system_choices,
+)
+
+log = logging.getLogger("icl_search.study")
+LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+BASELINE_ATTR = "baseline_enqueued"
+
+
+class StudyError(RuntimeError):
+    """The study cannot go on (e.g. the judge keeps failing coverage)."""
+
+
+def redact(url: str) -> str:
+    """A storage URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def make_storage(cfg: StudyConfig, url: str | None = None) -> optuna.storages.BaseStorage:
+    url = url or cfg.storage_url
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    hb = cfg.optuna.heartbeat_seconds
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    else:
+        kwargs["engine_kwargs"] = {"pool_pre_ping": True}
+    return optuna.storages.RDBStorage(
+        url, heartbeat_interval=hb, grace_period=2 * hb,
+        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(
+            max_retry=cfg.optuna.max_retry, inherit_intermediate_values=False),
+        **kwargs,
+    )
+
+
+def open_study(cfg: StudyConfig, storage_url: str | None = None) -> optuna.Study:
+    directions = ["maximize", "minimize"] if cfg.optuna.multi_objective else ["maximize"]
+    storage = make_storage(cfg, storage_url)
+    study = optuna.create_study(
+        study_name=cfg.name, storage=storage, sampler=make_sampler(cfg),
+        pruner=make_pruner(cfg), directions=directions, load_if_exists=True,
+    )
+    if cfg.optuna.multi_objective:
+        study.set_metric_names(["score", "context_tokens"])
+    else:
+        study.set_metric_names(["score"])
+    return study
+
+
+@contextlib.contextmanager
+def ask_lock(study: optuna.Study, url: str) -> Iterator[None]:
+    """Serialise count-then-ask across workers so the trial budget is exact."""
+    if url.startswith("sqlite:///"):
+        from filelock import FileLock
+
+        with FileLock(url[len("sqlite:///"):] + ".ask.lock"):
+            yield
+    elif url.startswith("postgresql"):
+        import sqlalchemy as sa
+
+        engine = study._storage.engine  # type: ignore[attr-defined]
+        key = int.from_bytes(study.study_name.encode()[:8].ljust(8, b"\0"), "big") >> 1
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+    else:
+        yield
+
+
+class Heartbeat:
+    """Records a heartbeat for every trial this worker is evaluating."""
+
+    def __init__(self, study: optuna.Study, interval: float):
+        self.storage = study._storage
+        self.interval = interval
+        self.trial_ids: set[int] = set()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def add(self, trial_id: int) -> None:
+        with self._lock:
+            self.trial_ids.add(trial_id)
+        self.storage.record_heartbeat(trial_id)
+
+    def discard(self, trial_id: int) -> None:
+        with self._lock:
+            self.trial_ids.discard(trial_id)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                ids = list(self.trial_ids)
+            for tid in ids:
+                try:
+                    self.storage.record_heartbeat(tid)
+                except Exception as exc:  # a transient storage error must not kill the run
+                    log.warning("heartbeat for trial %s failed: %s", tid, exc)
+
+
+@dataclass
+class RunSummary:
+    finished: int = 0
+    pruned: int = 0
+    failed: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _count(study: optuna.Study, states) -> int:
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def ensure_baseline(study: optuna.Study, cfg: StudyConfig, pool_ids: list[str], url: str) -> None:
+    if study.user_attrs.get(BASELINE_ATTR):
+        return
+    with ask_lock(study, url):
+        if study.user_attrs.get(BASELINE_ATTR):
+            return
+        study.enqueue_trial(baseline_params(cfg, pool_ids), user_attrs={"role": "baseline"})
+        for i, params in enumerate(cfg.search.enqueue):
+            study.enqueue_trial(params, user_attrs={"role": f"enqueued-{i}"})
+        study.set_user_attr(BASELINE_ATTR, True)
+
+
+def run_study(
+    cfg: StudyConfig,
+    evaluator: Evaluator,
+    *,
+    storage_url: str | None = None,
+    n_trials: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    artifact_dir: Path | None = None,
+) -> RunSummary:
+    """Run (or resume, or join as a worker) until the study has `n_trials` finished trials."""
+    url = storage_url or cfg.storage_url
+    study = open_study(cfg, url)
+    pool_ids = evaluator.pool.ids
+    candidates = cfg.search.fixed_candidates or pool_ids
+    unknown = [i for i in candidates if i not in set(pool_ids)]
+    if unknown:
+        raise StudyError(f"{cfg.source}: field 'search.fixed_candidates': ids not in the pool: "
+                         f"{unknown[:5]}")
+    for i in cfg.search.baseline.example_ids:
+        if i not in set(pool_ids):
+            raise StudyError(f"{cfg.source}: field 'search.baseline.example_ids': {i!r} is not "
+                             f"in the pool {cfg.path(cfg.pool.path)}")
+    ensure_baseline(study, cfg, pool_ids, url)
+    target = n_trials or cfg.optuna.n_trials
+    deadline = (time.time() + cfg.optuna.timeout_minutes * 60
+                if cfg.optuna.timeout_minutes else None)
+    store = _artifact_store(artifact_dir or cfg.artifacts_path)
+    summary = RunSummary()
+    t_start = time.time()
+    consecutive_fail = 0
+    say = progress or (lambda m: None)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    n_queries = len(evaluator.queries)
+    chunk = min(cfg.optuna.chunk_size, n_queries)
+    with Heartbeat(study, cfg.optuna.heartbeat_seconds) as hb:
+        while True:
+            optuna.storages.fail_stale_trials(study)
+            if deadline and time.time() > deadline:
+                say("time budget reached")
+                break
+            with ask_lock(study, url):
+                live = _count(study, LIVE)
+                room = target - live
+                trials = [study.ask() for _ in range(max(0, min(room, cfg.optuna.batch_trials)))]
+                for t in trials:
+                    hb.add(t._trial_id)
+            if not trials:
+                running = _count(study, (TrialState.RUNNING,))
+                if running:  # another (or a dead) worker's trials: wait, stale ones get retried
+                    say(f"waiting for {running} running trial(s) of other workers")
+                    time.sleep(min(cfg.optuna.heartbeat_seconds, 10))
+                    continue
+                break
+            summary.batches += 1
+            specs = [suggest(t, cfg, candidates) for t in trials]
+            for t, s in zip(trials, specs):
+                t.set_user_attr("spec", s.to_dict())
+            active = list(range(len(trials)))
+            evals = [TrialEvaluation(s) for s in specs]
+            pruned: set[int] = set()
+            for start in range(0, n_queries, chunk):
+                positions = list(range(start, min(start + chunk, n_queries)))
+                recs = evaluator.evaluate([specs[i] for i in active], positions)
+                for i, rows in zip(list(active), recs):
+                    evals[i].records.extend(rows)
+                    if _report(trials[i], cfg, rows, evals[i], start // chunk):
+                        pruned.add(i)
+                        active.remove(i)
+                if not active:
+                    break
+            for i, (t, ev) in enumerate(zip(trials, evals)):
+                _save_artifacts(store, study, t, ev)
+                res = ev.result(evaluator.judge.id)
+                _attrs(t, ev, res)
+                if i in pruned:
+                    study.tell(t, state=TrialState.PRUNED)
+                    summary.pruned += 1
+                    consecutive_fail = 0
+                    say(f"trial {t.number}: pruned after {len(ev.records)} queries")
+                elif res.overall is None or min(
+                        (c.fraction for c in res.coverage.values()), default=0) < \
+                        cfg.judge.min_coverage:
+                    cov = ", ".join(f"{a} {c}" for a, c in res.coverage.items())
+                    t.set_user_attr("fail_reason", f"judge coverage below "
+                                    f"{cfg.judge.min_coverage:.0%}: {cov}")
+                    study.tell(t, state=TrialState.FAIL)
+                    summary.failed += 1
+                    consecutive_fail += 1
+                    say(f"trial {t.number}: failed (judge coverage {cov})")
+                else:
+                    values = ([res.overall, ev.mean_context_tokens]
+                              if cfg.optuna.multi_objective else res.overall)
+                    study.tell(t, values)
+                    summary.finished += 1
+                    consecutive_fail = 0
+                    say(f"trial {t.number}: score {res.overall:.3f} "
+                        f"({specs[i].system_name}, k={specs[i].k}, {specs[i].strategy})")
+                hb.discard(t._trial_id)
+            if consecutive_fail >= max(3, cfg.optuna.batch_trials * 2):
+                raise StudyError(
+                    f"{consecutive_fail} trials in a row failed the judge's minimum coverage "
+                    f"({cfg.judge.min_coverage:.0%}): check the judge (`icl-search judge score`) "
+                    f"or lower judge.min_coverage in {cfg.source}")
+    summary.seconds = time.time() - t_start
+    summary.stats = vars(evaluator.stats).copy()
+    return summary
+
+
+def _report(trial: optuna.Trial, cfg: StudyConfig, rows, ev: TrialEvaluation, step: int) -> bool:
+    """Report this chunk to the pruner; True when the trial should stop here."""
+    if cfg.optuna.multi_objective or cfg.optuna.pruner == "none":
+        return False
+    if cfg.optuna.pruner == "wilcoxon":
+        base = len(ev.records) - len(rows)
+        for j, r in enumerate(rows):
+            v = r.judgement.overall if r.judgement else None
+            if v is not None:
+                trial.report(v, base + j)
+    else:
+        vals = [r.judgement.overall for r in ev.records
+                if r.judgement and r.judgement.overall is not None]
+        if vals:
+            trial.report(sum(vals) / len(vals), step)
+    return trial.should_prune()
+
+
+def _attrs(trial: optuna.Trial, ev: TrialEvaluation, res) -> None:
+    trial.set_user_attr("aspects", {a: m for a, m in res.aspect_means.items()})
+    trial.set_user_attr("coverage", {a: [c.judged, c.total] for a, c in res.coverage.items()})
+    trial.set_user_attr("n_queries", len(ev.records))
+    trial.set_user_attr("context_tokens", round(ev.mean_context_tokens, 1))
+    trial.set_user_attr("mean_words", res.mean_length)
+    trial.set_user_attr("per_query", {r.query_id: (r.judgement.overall if r.judgement else None)
+                                      for r in ev.records})
+    trial.set_user_attr("failed_queries", sum(r.finish_reason == "error" for r in ev.records))
+
+
+def _artifact_store(path: Path):
+    from optuna.artifacts import FileSystemArtifactStore
+
+    path.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(path))
+
+
+def _save_artifacts(store, study: optuna.Study, trial: optuna.Trial,
+                    ev: TrialEvaluation) -> None:
+    """Rendered prompts, generations and per-query scores, as one JSONL artifact per trial."""
+    from optuna.artifacts import upload_artifact
+
+    fd, tmp = tempfile.mkstemp(prefix=f"trial-{trial.number}-", suffix=".jsonl")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for r in ev.records:
+                fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+        art = upload_artifact(artifact_store=store, file_path=tmp, study_or_trial=trial,
+                              mimetype="application/jsonl")
+        trial.set_user_attr("artifact_id", art)
+    finally:
+        os.unlink(tmp)
+
+
+def load_trial_records(cfg: StudyConfig, trial: optuna.trial.FrozenTrial) -> list[dict]:
+    """The per-query artifact of a finished trial (prompts, answers, scores)."""
+    from optuna.artifacts import download_artifact
+
+    art = trial.user_attrs.get("artifact_id")
+    if not art:
+        return []
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "a.jsonl"
+        download_artifact(artifact_store=_artifact_store(cfg.artifacts_path),
+                          file_path=str(out), artifact_id=art)
+        return [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+
+
+def build_evaluator(cfg: StudyConfig, *, engine=None, judge=None, say=print) -> Evaluator:
+    """Load pool, eval set, engine (cached) and judge as the config says."""
+    from icl_search.cache import Cache
+    from icl_search.engines import CachedEngine, SamplingParams, make_engine
+    from icl_search.evalset import load_queries
+    from icl_search.judge import make_judge
+    from icl_search.pool import Pool
+    from icl_search.prompt import Template
+
+    pool = Pool.load(cfg.path(cfg.pool.path))
+    queries = load_queries(cfg.path(cfg.eval.path))
+    if cfg.eval.limit:
+        queries = queries[: cfg.eval.limit]
+    systems = {name: p.read_text(encoding="utf-8") for name, p in system_choices(cfg).items()}
+    cache = Cache(cfg.path(cfg.cache)) if cfg.cache else Cache()
+    if engine is None:
+        m = cfg.model
+        api_key = os.environ.get(m.api_key_env) if m.api_key_env else None
+        say(f"loading the base model ({m.engine}) ...")
+        engine = make_engine(m.engine, max_model_len=m.max_model_len,
+                             kv_cache_memory_bytes=m.kv_cache_memory_bytes,
+                             gpu_memory_utilization=m.gpu_memory_utilization, api_key=api_key)
+    raw_engine = engine
+    engine = CachedEngine(engine, cache)
+    if judge is None:
+        say(f"loading the judge ({cfg.judge.spec}) ...")
+        same = _same_model(cfg.judge.spec, cfg.model.engine)
+        opts = {"max_model_len": cfg.judge.max_model_len} if cfg.judge.max_model_len else {}
+        judge = make_judge(cfg.judge.spec, engine=raw_engine if same else None, cache=cache,
+                           rubric=cfg.path(cfg.judge.rubric),
+                           safety_rubric=cfg.path(cfg.judge.safety_rubric), **opts)
+    d = cfg.decoding
+    params = SamplingParams(max_tokens=d.max_tokens, temperature=d.temperature, top_p=d.top_p,
+                            repetition_penalty=d.repetition_penalty, seed=d.seed)
+    needs_index = any(s != "fixed" for s in cfg.search.strategies) and cfg.search.k[1] > 0
+    return Evaluator(engine=engine, judge=judge, pool=pool, queries=queries, systems=systems,
+                     params=params, template=Template.from_dict(cfg.template),
+                     index_dir=cfg.path(cfg.pool.index_dir), embedder=cfg.pool.embedder,
+                     needs_index=needs_index)
+
+
+def _same_model(judge_spec: str, engine_spec: str) -> bool:
+    from icl_search.engines import parse_spec
+    from icl_search.judge import parse_judge_spec
+
+    try:
+        kind, rest = parse_judge_spec(judge_spec)
+    except Exception:
+        return False
+    if kind not in ("logprob", "sample"):
+        return False
+    return parse_spec(rest)[:2] == parse_spec(engine_spec)[:2]
+
+
+def trials_frame(study: optuna.Study):
+    """One row per trial: number, state, value, parameters, aspects (a polars DataFrame)."""
+    import polars as pl
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        spec = t.user_attrs.get("spec", {})
+        row = {
+            "number": t.number, "state": t.state.name,
+            "score": t.values[0] if t.values else None,
+            "role": t.user_attrs.get("role", ""),
+            "system": spec.get("system_name"), "k": spec.get("k"),
+            "strategy": spec.get("strategy"),
+            "examples": ",".join(spec.get("fixed_ids") or []),
+            "mmr_lambda": spec.get("mmr_lambda"),
+            "context_tokens": t.user_attrs.get("context_tokens"),
+            "n_queries": t.user_attrs.get("n_queries"),
+            "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
+            if t.datetime_complete and t.datetime_start else None,
+        }
+        for a, m in (t.user_attrs.get("aspects") or {}).items():
+            row[a] = m
+        rows.append(row)
+    return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
+
+
+def stderr_say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
