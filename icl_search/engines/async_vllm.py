@@ -1,0 +1,164 @@
+"""vLLM's asynchronous engine (`AsyncLLM`) for serving: each request streams its own tokens
+while vLLM's scheduler batches every request in flight into the same forward passes.
+
+The in-process `VLLMEngine` wraps the synchronous `vllm.LLM`, which takes a whole batch at a
+time; a server whose requests arrive one by one needs continuous batching instead. `AsyncLLM`
+always runs its engine core in a separate process (`VLLM_ENABLE_V1_MULTIPROCESSING` does not
+apply to it); on CPU it works with the same settings as the in-process engine (bounded KV
+cache, eager mode). Measured on 2 CPU cores with the tiny test model: 8 concurrent requests of
+64 tokens finish in 0.12 s, the same 8 one after another in 1.1 s.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from icl_search.engines.base import EngineError, SamplingParams
+from icl_search.engines.vllm import DEFAULT_CPU_KV_CACHE_BYTES, _has_gpu
+from icl_search.models import resolve_model
+
+
+@dataclass
+class Delta:
+    """One step of a generation: the text added since the previous step.
+
+    `finish_reason` is None until the last step ("stop" or "length").
+    """
+
+    text: str
+    completion_tokens: int
+    prompt_tokens: int
+    finish_reason: str | None = None
+
+
+class AsyncVLLMEngine:
+    """`vllm.v1.engine.async_llm.AsyncLLM` behind a small interface.
+
+    Construct anywhere, then `await start()` inside the event loop that will serve requests
+    (vLLM's output handler is a task of that loop); `shutdown()` stops the engine process.
+    `count_tokens`/`encode` use the model's tokenizer and work once started.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike = "default",
+        *,
+        max_model_len: int | None = None,
+        kv_cache_memory_bytes: int | None = None,
+        enable_prefix_caching: bool = True,
+        enforce_eager: bool | None = None,
+        gpu_memory_utilization: float = 0.85,
+        max_num_seqs: int | None = None,
+        dtype: str = "auto",
+        seed: int = 0,
+        **engine_kwargs: Any,
+    ):
+        self.path = Path(resolve_model(model))
+        self.model = str(self.path)
+        self.id = f"vllm:{self.path.resolve()}"
+        gpu = _has_gpu()
+        self.device = "cuda" if gpu else "cpu"
+        kwargs: dict[str, Any] = dict(
+            model=self.model, enable_prefix_caching=enable_prefix_caching, seed=seed, dtype=dtype,
+            disable_log_stats=True,
+        )
+        if max_model_len:
+            kwargs["max_model_len"] = int(max_model_len)
+        if max_num_seqs:
+            kwargs["max_num_seqs"] = int(max_num_seqs)
+        if gpu:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            if kv_cache_memory_bytes:
+                kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes)
+            kwargs["enforce_eager"] = bool(enforce_eager)
+        else:
+            # Unbounded, vLLM's CPU backend reserves most of the machine's RAM for KV blocks.
+            kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes or DEFAULT_CPU_KV_CACHE_BYTES)
+            kwargs["enforce_eager"] = True if enforce_eager is None else enforce_eager
+        kwargs.update(engine_kwargs)
+        self._kwargs = kwargs
+        self._llm: Any = None
+        self.tokenizer: Any = None
+        self.context_window = int(max_model_len or 0)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        return self._llm is not None
+
+    async def start(self) -> None:
+        if self._llm is not None:
+            return
+        try:
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except ImportError as exc:
+            raise EngineError(
+                "vLLM is not installed: `pip install icl-search[cpu]` (no GPU) or "
+                f"`pip install icl-search[gpu]` ({exc})"
+            ) from None
+        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**self._kwargs))
+        self.tokenizer = self._llm.get_tokenizer()
+        self.context_window = int(self._llm.model_config.max_model_len)
+
+    def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None
+
+    async def check_health(self) -> None:
+        """Raises when the engine is not started or its core process has died."""
+        if self._llm is None:
+            raise EngineError("the engine is not started")
+        await self._llm.check_health()
+
+    # -- tokens ------------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text))
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text))
+
+    # -- generation --------------------------------------------------------------------------
+    async def generate(
+        self,
+        prompt: str | Sequence[int],
+        params: SamplingParams,
+        *,
+        stream: bool = False,
+        request_id: str | None = None,
+        **extra: Any,
+    ) -> AsyncIterator[Delta]:
+        """Yield the generation of one prompt: many small deltas with `stream=True`, else one.
+
+        `extra` passes further `vllm.SamplingParams` fields (e.g. `top_k`, `min_tokens`,
+        `ignore_eos`, `presence_penalty`). Cancelling the iteration aborts the request.
+        """
+        if self._llm is None:
+            raise EngineError("the engine is not started: await engine.start() first")
+        from vllm import SamplingParams as VSP
+        from vllm.sampling_params import RequestOutputKind
+
+        ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        sp = VSP(
+            max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
+            repetition_penalty=params.repetition_penalty, stop=list(params.stop) or None,
+            seed=params.seed,
+            output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+            **extra,
+        )
+        rid = request_id or uuid.uuid4().hex
+        n_out = 0
+        # Token ids, not text: the prompt was budgeted with exactly these tokens.
+        async for out in self._llm.generate({"prompt_token_ids": ids}, sp, request_id=rid):
+            c = out.outputs[0]
+            n_out = len(c.token_ids) if not stream else n_out + len(c.token_ids)
+            yield Delta(
+                text=c.text, completion_tokens=n_out, prompt_tokens=len(ids),
+                finish_reason=(c.finish_reason or "stop") if out.finished else None,
+            )
