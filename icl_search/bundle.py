@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -110,10 +110,15 @@ def redact_url(url: str | None) -> str | None:
     except ValueError:
         # Not a URL we can parse: keep nothing that might be a secret.
         return url.split("://", 1)[0] + "://<redacted>" if "://" in url else "<redacted>"
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(k, v) for k, v in params if k.lower() not in _SECRET_PARAMS]
+    if "@" not in parts.netloc and len(kept) == len(params):
+        return url  # nothing to strip: keep the URL byte for byte (e.g. sqlite:///x.db)
     netloc = parts.netloc.rpartition("@")[2]  # a password may itself contain '@'
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                       if k.lower() not in _SECRET_PARAMS])
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    out = f"{parts.scheme}://{netloc}{parts.path}"
+    if kept:
+        out += "?" + urlencode(kept)
+    return out + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -535,13 +540,17 @@ class Bundle(BaseModel):
     def _where(self) -> str:
         return str(self._path) if self._path is not None else "bundle"
 
+    def _resolve(self, rel: str) -> Path:
+        # normpath, not resolve(): messages show the path the user knows, symlinks included.
+        return Path(os.path.normpath(self._base / rel))
+
     @property
     def pool_path(self) -> Path | None:
-        return None if self.retrieval is None else self._base / self.retrieval.pool
+        return None if self.retrieval is None else self._resolve(self.retrieval.pool)
 
     @property
     def index_dir(self) -> Path | None:
-        return None if self.retrieval is None else self._base / self.retrieval.index
+        return None if self.retrieval is None else self._resolve(self.retrieval.index)
 
     # -- selection ---------------------------------------------------------------------------
     def selector(self) -> Selector:
@@ -564,7 +573,7 @@ class Bundle(BaseModel):
 
         r = self.retrieval
         assert r is not None
-        pool_path = self._base / r.pool
+        pool_path = self._resolve(r.pool)
         if not pool_path.is_file():
             raise BundleError(f"{self._where()}: retrieval.pool: {pool_path} does not exist "
                               "(the pool must stay where it was, relative to the bundle)")
@@ -577,12 +586,12 @@ class Bundle(BaseModel):
                 f"{pool_path}: the pool changed since {self._where()} was exported "
                 f"(bundle fingerprint {r.pool_fingerprint}, pool now {pool.fingerprint}); "
                 "re-export the bundle from its study, or restore the pool it was made with")
-        location = str(self._base / r.embedder_path) if r.embedder_path else r.embedder
+        location = str(self._resolve(r.embedder_path)) if r.embedder_path else r.embedder
         emb = Embedder(location)
         if emb.id != r.embedder:
             raise BundleError(f"{self._where()}: retrieval.embedder: {location} is now "
                               f"{emb.id}, the bundle was made with {r.embedder}")
-        directory = self._base / r.index
+        directory = self._resolve(r.index)
         try:
             try:
                 # The pool is verified above, so a stale index can only be missing or built by
