@@ -12,7 +12,9 @@ How requests become prompts:
   conversation that cannot fit gets a 400 (`context_length_exceeded`).
 - **Completions**: the prompt is the user's query, rendered exactly like a one-turn chat.
   `"raw": true` sends the prompt to the model verbatim (no preamble, examples, template stop
-  strings or output cleaning), like a plain `vllm serve`.
+  strings or output cleaning), like a plain `vllm serve`. `"echo": true` returns the prompt
+  the model saw (the rendered one, unless raw) before the answer: the way to inspect a prompt.
+  Each response carries the ids of the examples used in an `X-ICL-Examples` header.
 - The answer is cleaned as the study cleaned it (`Template.clean`: cut at the template's stop
   strings, the answer block's fences removed, trimmed); while streaming, text that could still
   turn out to be the start of a stop string or the closing fence is held back until it is
@@ -491,7 +493,7 @@ def create_app(
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         req: CompletionRequest = await body_of(request, CompletionRequest)
-        for field, bad in (("logprobs", req.logprobs is not None), ("echo", req.echo),
+        for field, bad in (("logprobs", req.logprobs is not None),
                            ("suffix", req.suffix is not None),
                            ("best_of", req.best_of not in (None, 1))):
             if bad:
@@ -529,8 +531,8 @@ def create_app(
                                              for t in texts))
             return JSONResponse({
                 "id": rid, "object": "text_completion", "created": ts, "model": name,
-                "choices": [{"index": i, "text": text, "logprobs": None,
-                             "finish_reason": last.finish_reason}
+                "choices": [{"index": i, "text": (texts[i] if req.echo else "") + text,
+                             "logprobs": None, "finish_reason": last.finish_reason}
                             for i, (text, last) in enumerate(results)],
                 "usage": usage(sum(last.prompt_tokens for _, last in results),
                                sum(last.completion_tokens for _, last in results)),
@@ -546,6 +548,8 @@ def create_app(
         async def chunks() -> AsyncIterator[dict[str, Any]]:
             cleaner = None if req.raw else StreamCleaner(bundle.template)
             last = None
+            if req.echo:
+                yield chunk(texts[0])
             async for d in run(texts[0], params, extra, stream=True):
                 last = d
                 piece = d.text if cleaner is None else cleaner.feed(d.text)
