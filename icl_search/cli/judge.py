@@ -20,7 +20,8 @@ err = Console(stderr=True)
 
 JUDGE_HELP = ("Judge spec: 'default', 'logprob:vllm:MODEL', 'sample:vllm:MODEL', "
               "'openai:http://host:port/v1' (completions + logprobs), "
-              "'dspy:openai/NAME[@http://host:port/v1]' (chat, JSON rubric).")
+              "'dspy:openai/NAME' or 'dspy:openai/NAME@http://host:port/v1' (chat, JSON "
+              "rubric; key from ICL_SEARCH_JUDGE_API_KEY or OPENAI_API_KEY).")
 
 
 def _out() -> Console:

