@@ -505,6 +505,7 @@ def test_cli_judge_score(chat_server, tmp_path):
     assert df["safety"].to_list() == [None, None, 5.0]
     assert df["length_words"].to_list() == [3, 2, 1]
     assert df["helpfulness_missing"][1].startswith("unparsable")
+    assert df["depth_rationale"][0] == "fine"
 
     res = runner.invoke(app, args + ["--min-coverage", "0.9"])
     assert res.exit_code == 2

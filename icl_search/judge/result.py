@@ -178,7 +178,8 @@ class JudgeResult:
 
     # -- export -----------------------------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:
-        """One flat row per item: scores per aspect (None when missing), reasons, length."""
+        """One flat row per item: scores per aspect (None when missing), why missing, the
+        judge's rationale (JSON judges), response length in words."""
         out = []
         for it in self.items:
             row: dict[str, Any] = {"id": it.id, "category": it.category,
@@ -187,6 +188,8 @@ class JudgeResult:
                 row[a] = it.scores.get(a)
             for a in ALL_ASPECTS:
                 row[f"{a}_missing"] = it.missing.get(a)
+            for a in ALL_ASPECTS:
+                row[f"{a}_rationale"] = it.rationales.get(a)
             row["cached"] = it.cached
             row["judge"] = self.judge_id
             out.append(row)
@@ -197,7 +200,8 @@ class JudgeResult:
 
         schema = {"id": pl.Utf8, "category": pl.Utf8, "length_words": pl.Int64,
                   "overall": pl.Float64, **{a: pl.Float64 for a in ALL_ASPECTS},
-                  **{f"{a}_missing": pl.Utf8 for a in ALL_ASPECTS}, "cached": pl.Boolean,
+                  **{f"{a}_missing": pl.Utf8 for a in ALL_ASPECTS},
+                  **{f"{a}_rationale": pl.Utf8 for a in ALL_ASPECTS}, "cached": pl.Boolean,
                   "judge": pl.Utf8}
         return pl.DataFrame(self.rows(), schema=schema)
 
