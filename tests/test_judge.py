@@ -469,6 +469,20 @@ def test_just_eval_reference_resolves_every_row():
     assert len({(r.category, r.id) for r in sub}) == 6
 
 
+def test_select_discriminating_keeps_queries_the_reference_ranks():
+    from icl_search.judge.calibration import ReferenceRow
+
+    def row(qid, system, score):
+        return ReferenceRow(qid, system, "r", {"safety": score}, "q", "a", "safety")
+
+    rows = [row("1", "a", 5.0), row("1", "b", 5.0), row("2", "a", 5.0), row("2", "b", 1.0),
+            row("3", "a", None), row("3", "b", 2.0)]
+    assert {r.id for r in select(rows, discriminating=True)} == {"2"}
+    assert {r.id for r in select(rows, categories=["regular"])} == set()
+    with pytest.raises(ValueError, match="unknown system"):
+        select(rows, systems=["c"])
+
+
 def test_compare_reports_missing_for_constant_scores():
     items = [ItemJudgement(f"s/{i}", "regular", dict.fromkeys(A5, 4.0)) for i in range(3)]
     from icl_search.judge.calibration import ReferenceRow

@@ -182,7 +182,7 @@ def calibrate(
     agreement."""
     from icl_search.io import write_json
     from icl_search.judge import JudgeError
-    from icl_search.judge.calibration import ReferenceError, load_reference, select
+    from icl_search.judge.calibration import ReferenceFileError, load_reference, select
     from icl_search.judge.calibration import calibrate as run
 
     _check_spec(judge)
@@ -191,7 +191,7 @@ def calibrate(
         rows = select(rows, limit=limit,
                       systems=[s.strip() for s in systems.split(",") if s.strip()]
                       if systems else None)
-    except (ReferenceError, ValueError) as exc:
+    except (ReferenceFileError, ValueError) as exc:
         fail(str(exc))
     j = _build_judge(judge, cache, no_cache, rubric, safety_rubric, max_model_len)
     try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from itertools import combinations
@@ -33,7 +33,7 @@ from icl_search.judge.result import JudgeItem, JudgeResult, count_words, length_
 from icl_search.judge.rubric import ALL_ASPECTS
 
 
-class ReferenceError(ValueError):
+class ReferenceFileError(ValueError):
     """The reference judgements cannot be read; the message names file, line and field."""
 
 
@@ -66,7 +66,7 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     try:
         fh = path.open(encoding="utf-8")
     except FileNotFoundError:
-        raise ReferenceError(f"{path}: file not found") from None
+        raise ReferenceFileError(f"{path}: file not found") from None
     with fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -74,9 +74,9 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ReferenceError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                raise ReferenceFileError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
-                raise ReferenceError(f"{path}:{lineno}: expected a JSON object")
+                raise ReferenceFileError(f"{path}:{lineno}: expected a JSON object")
             rows.append((lineno, row))
     return rows
 
@@ -86,7 +86,7 @@ def _outputs_index(folder: Path) -> dict[tuple[str, str], str]:
     for f in sorted(folder.glob("*.jsonl")):
         for lineno, row in _read_jsonl(f):
             if "id" not in row or "output" not in row:
-                raise ReferenceError(f"{f}:{lineno}: an outputs row needs 'id' and 'output'")
+                raise ReferenceFileError(f"{f}:{lineno}: an outputs row needs 'id' and 'output'")
             names = {system_name(str(row.get("generator", ""))),
                      re.sub(r"\.dev$", "", f.stem)} - {""}
             for name in names:
@@ -104,7 +104,7 @@ def load_reference(path: str | Path, *, outputs: str | Path | None = None,
     path = Path(path)
     raw = _read_jsonl(path)
     if not raw:
-        raise ReferenceError(f"{path}: no reference rows")
+        raise ReferenceFileError(f"{path}: no reference rows")
     root = path.parent.parent
     outputs = Path(outputs) if outputs else root / "outputs"
     instructions = Path(instructions) if instructions else root / "instructions.dev.jsonl"
@@ -112,7 +112,7 @@ def load_reference(path: str | Path, *, outputs: str | Path | None = None,
     if instructions.exists():
         for lineno, row in _read_jsonl(instructions):
             if "id" not in row or "instruction" not in row:
-                raise ReferenceError(f"{instructions}:{lineno}: an instructions row needs "
+                raise ReferenceFileError(f"{instructions}:{lineno}: an instructions row needs "
                                      "'id' and 'instruction'")
             queries[str(row["id"])] = (row["instruction"], row.get("category") or "regular")
     needs_outputs = any("output" not in r and "response" not in r for _, r in raw)
@@ -122,14 +122,14 @@ def load_reference(path: str | Path, *, outputs: str | Path | None = None,
         where = f"{path}:{lineno}"
         for name in ("id", "generator", "scores"):
             if name not in r:
-                raise ReferenceError(f"{where}: field {name!r} is missing")
+                raise ReferenceFileError(f"{where}: field {name!r} is missing")
         if not isinstance(r["scores"], dict) or not r["scores"]:
-            raise ReferenceError(f"{where}: field 'scores' must be a non-empty object")
+            raise ReferenceFileError(f"{where}: field 'scores' must be a non-empty object")
         rid, system = str(r["id"]), system_name(str(r["generator"]))
         scores: dict[str, float | None] = {}
         for aspect, value in r["scores"].items():
             if aspect not in ALL_ASPECTS:
-                raise ReferenceError(f"{where}: scores.{aspect}: unknown aspect; accepted: "
+                raise ReferenceFileError(f"{where}: scores.{aspect}: unknown aspect; accepted: "
                                      f"{', '.join(ALL_ASPECTS)}")
             scores[aspect], _ = coerce_score(value)
         query = r.get("query") or r.get("instruction")
@@ -137,13 +137,13 @@ def load_reference(path: str | Path, *, outputs: str | Path | None = None,
         if query is None and rid in queries:
             query, category = queries[rid][0], category or queries[rid][1]
         if query is None:
-            raise ReferenceError(f"{where}: no query for id {rid}: the row has no 'query' and "
+            raise ReferenceFileError(f"{where}: no query for id {rid}: the row has no 'query' and "
                                  f"{instructions} {'has no such id' if queries else 'is absent'}")
         response = r.get("output", r.get("response"))
         if response is None:
             response = index.get((system, rid))
         if response is None:
-            raise ReferenceError(f"{where}: no response for system {system!r} id {rid}: the row "
+            raise ReferenceFileError(f"{where}: no response for system {system!r} id {rid}: the row "
                                  f"has no 'output' and {outputs} has no matching file/row")
         category = category or ("safety" if "safety" in scores else "regular")
         rows.append(ReferenceRow(rid, system, str(r.get("judge", "reference")), scores,
@@ -152,16 +152,31 @@ def load_reference(path: str | Path, *, outputs: str | Path | None = None,
 
 
 def select(rows: Sequence[ReferenceRow], *, limit: int | None = None,
-           systems: Sequence[str] | None = None) -> list[ReferenceRow]:
+           systems: Sequence[str] | None = None, discriminating: bool = False,
+           categories: Sequence[str] | None = None) -> list[ReferenceRow]:
     """At most `limit` query ids per category, spread evenly over the sorted ids (so a small
-    subset still spans the source datasets), with every system's rows for those ids."""
+    subset still spans the source datasets), with every system's rows for those ids.
+
+    `discriminating` keeps, where several systems answered a query, only the queries on which
+    the reference scored them differently: just-eval's safety reference gives 5 to 94% of the
+    answers, so a plain subset of it often has nothing to rank."""
     if systems:
         known = {r.system for r in rows}
         unknown = [s for s in systems if s not in known]
         if unknown:
-            raise ReferenceError(f"unknown system(s) {unknown}; the reference has: "
+            raise ReferenceFileError(f"unknown system(s) {unknown}; the reference has: "
                                  f"{', '.join(sorted(known))}")
         rows = [r for r in rows if r.system in set(systems)]
+    if categories:
+        rows = [r for r in rows if r.category in set(categories)]
+    if discriminating:
+        seen: dict[str, dict[str, set]] = defaultdict(lambda: defaultdict(set))
+        for r in rows:
+            for aspect, v in r.scores.items():
+                seen[r.id][aspect].add(v)
+        systems_per_id = Counter(r.id for r in rows)
+        rows = [r for r in rows if systems_per_id[r.id] < 2
+                or any(len(vs - {None}) > 1 for vs in seen[r.id].values())]
     if limit is None:
         return list(rows)
     if limit < 1:
