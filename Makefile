@@ -33,8 +33,9 @@ demo: setup
 postgres:
 	@bash scripts/postgres.sh || echo "PostgreSQL not available: postgres tests will be skipped"
 
-test: setup postgres
-	$(BIN)/python -m pytest -q
+# the PostgreSQL server for the multi-worker study test is started (installed if missing) here
+test: setup
+	ICL_SEARCH_TEST_POSTGRES="$$(bash scripts/postgres.sh 2>/dev/null)" $(BIN)/python -m pytest -q
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow

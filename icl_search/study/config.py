@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class ConfigError(ValueError):
@@ -130,12 +130,13 @@ class StudyConfig(_Strict):
     # not part of the file: where it was read from
     source: Path | None = Field(None, exclude=True)
 
-    @model_validator(mode="after")
-    def _template(self) -> StudyConfig:
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         from icl_search.prompt import Template
 
-        Template.from_dict(self.template)
-        return self
+        Template.from_dict(v)
+        return v
 
     # -- paths ---------------------------------------------------------------------------
     @property
@@ -186,7 +187,7 @@ def _format_error(source: Path | str, exc: ValidationError) -> str:
     lines = []
     for e in exc.errors():
         loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             parent = e["loc"][:-1]
             model = StudyConfig

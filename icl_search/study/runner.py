@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,10 @@ from icl_search.study.space import (
 )
 
 log = logging.getLogger("icl_search.study")
+# We drive heartbeats ourselves around ask/tell (Optuna only does it inside Study.optimize);
+# these two warnings say exactly that and would otherwise print on every batch.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 BASELINE_ATTR = "baseline_enqueued"
 
@@ -99,7 +104,8 @@ def ask_lock(study: optuna.Study, url: str) -> Iterator[None]:
     elif url.startswith("postgresql"):
         import sqlalchemy as sa
 
-        engine = study._storage.engine  # type: ignore[attr-defined]
+        storage = study._storage
+        engine = getattr(storage, "_backend", storage).engine  # RDBStorage under Optuna's cache
         key = int.from_bytes(study.study_name.encode()[:8].ljust(8, b"\0"), "big") >> 1
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})

@@ -1,0 +1,3 @@
+from icl_search.cli import app
+
+app()
