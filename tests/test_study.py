@@ -256,3 +256,36 @@ def test_optuna_dashboard_serves_the_storage(tmp_path, tiny_model_dir, tiny_engi
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_export_round_trip_renders_what_the_study_evaluated(tmp_path, tiny_model_dir,
+                                                            tiny_engine):
+    from icl_search.bundle import Bundle
+    from icl_search.prompt import Budget
+
+    path = write_config(tmp_path, tiny_model_dir, name="exp", optuna="n_trials = 4")
+    cfg = load_config(path)
+    run_study(cfg, build_evaluator(cfg, engine=tiny_engine, say=lambda m: None))
+    study = open_study(cfg)
+    budget = Budget(tiny_engine.count_tokens, tiny_engine.context_window)
+    for number in (0, study.best_trial.number):
+        out = tmp_path / f"b{number}.json"
+        r = runner.invoke(app, ["export", str(path), "--trial", str(number), "--out", str(out),
+                                "--format", "urial"])
+        assert r.exit_code == 0, r.output
+        b = Bundle.load(out)
+        trial = study.trials[number]
+        assert b.provenance.trial == number and b.scores.overall == pytest.approx(trial.value)
+        assert b.provenance.config_hash == cfg.hash
+        for rec in load_trial_records(cfg, trial):
+            assert b.render(rec["query"], budget=budget, max_tokens=8) == rec["prompt"]
+    baseline = Bundle.load(tmp_path / "b0.json")
+    assert baseline.mode == "fixed" and [e.id for e in baseline.examples] == ["factual-001",
+                                                                                "advice-001"]
+    assert (tmp_path / "b0.urial.txt").read_text() == baseline.to_urial()
+    # by study name and storage URL, the default is the best trial
+    out = tmp_path / "best.json"
+    r = runner.invoke(app, ["export", "exp", "--storage", cfg.storage_url, "--out", str(out)])
+    assert r.exit_code == 0 and Bundle.load(out).provenance.trial == study.best_trial.number
+    r = runner.invoke(app, ["export", str(path), "--trial", "99", "--out", str(out)])
+    assert r.exit_code == 2 and "--trial 99: no such trial" in r.output

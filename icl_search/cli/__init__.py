@@ -26,3 +26,4 @@ from icl_search.cli import pool as _pool  # noqa: E402,F401
 from icl_search.cli import judge as _judge  # noqa: E402,F401
 from icl_search.cli import study as _study  # noqa: E402,F401
 from icl_search.cli import serve as _serve  # noqa: E402,F401
+from icl_search.cli import export as _export  # noqa: E402,F401

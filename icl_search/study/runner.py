@@ -206,6 +206,9 @@ def run_study(
             raise StudyError(f"{cfg.source}: field 'search.baseline.example_ids': {i!r} is not "
                              f"in the pool {cfg.path(cfg.pool.path)}")
     ensure_baseline(study, cfg, pool_ids, url)
+    from icl_search.study.export import record_export_info
+
+    record_export_info(study, cfg)
     target = n_trials or cfg.optuna.n_trials
     deadline = (time.time() + cfg.optuna.timeout_minutes * 60
                 if cfg.optuna.timeout_minutes else None)

@@ -1,0 +1,66 @@
+"""`icl-search export STUDY`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from icl_search.cli import app
+
+err = Console(stderr=True)
+
+
+def fail(msg: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command("export")
+def export(
+    study: str = typer.Argument(..., help="A study config (.toml), or a study name with --storage."),
+    out: Path = typer.Option(..., "--out", "-o", help="The bundle JSON to write."),
+    storage: Optional[str] = typer.Option(None, help="Storage URL (default: the config's)."),
+    trial: Optional[int] = typer.Option(None, help="Trial number (default: the best; with a "
+                                        "multi-objective study, the best-scoring Pareto point)."),
+    format: str = typer.Option("json", "--format", help="json, or urial to also write "
+                               "<out>.urial.txt in the URIAL repository's prompt-file format "
+                               "(fixed sets only)."),
+) -> None:
+    """Write the best (or a chosen) trial as a self-contained prompt bundle."""
+    import optuna
+
+    from icl_search.bundle import BundleError
+    from icl_search.study.export import ExportError, export_bundle
+    from icl_search.study.runner import redact
+
+    if format not in ("json", "urial"):
+        fail(f"--format: {format!r} is not one of json, urial")
+    if study.endswith(".toml"):
+        from icl_search.study import ConfigError, load_config, open_study
+
+        try:
+            cfg = load_config(study)
+        except ConfigError as exc:
+            fail(str(exc))
+        url = storage or cfg.storage_url
+        st = open_study(cfg, url)
+    else:
+        if not storage:
+            fail("a study name needs --storage URL (or pass the study's config .toml)")
+        url = storage
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            st = optuna.load_study(study_name=study, storage=url)
+        except KeyError:
+            fail(f"no study named {study!r} in {redact(url)}")
+    urial = out.with_suffix(".urial.txt") if format == "urial" else None
+    try:
+        b = export_bundle(st, out, trial_number=trial, storage_url=url, urial_out=urial)
+    except (ExportError, BundleError) as exc:
+        fail(str(exc))
+    sc = b.scores
+    err.print(f"exported trial {b.provenance.trial} (score {sc.overall:.3f}, mode {b.mode}) "
+              f"-> {out}" + (f" and {urial}" if urial else ""), highlight=False)
