@@ -26,9 +26,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec || true
 	touch $(STAMP)
 
+# The main job on the embedded default (Gemma 3 270M base, CPU): study -> bundle -> report.
 demo: setup
 	$(BIN)/icl-search models prepare
-	$(BIN)/icl-search generate pools/eval/demo.jsonl --out runs/demo_answers.jsonl
+	$(BIN)/icl-search study run studies/demo.toml
+	$(BIN)/icl-search export studies/demo.toml --out runs/demo/bundle.json --format urial
+	$(BIN)/icl-search study report studies/demo.toml --out runs/demo/report
+	$(BIN)/icl-search select runs/demo/bundle.json "How can I make my mornings less rushed?"
 
 postgres:
 	@bash scripts/postgres.sh || echo "PostgreSQL not available: postgres tests will be skipped"

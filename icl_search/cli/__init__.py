@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import typer
 
+# Deprecation notices from vLLM/torch internals are not actionable for a CLI user.
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
 # vLLM logs every engine step at INFO; a CLI user wants the progress bar and errors.
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
