@@ -196,7 +196,8 @@ def test_killed_study_resumes_and_retries_the_interrupted_trial(tmp_path, tiny_m
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(finished) == 4
     assert [t.number for t in failed] == [killed_during]
-    retried = [t for t in finished if t.system_attrs.get("failed_trial") == killed_during]
+    retried_from = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+    retried = [t for t in finished if retried_from(t) == killed_during]
     assert len(retried) == 1 and retried[0].params == failed[0].params
 
 

@@ -2,7 +2,7 @@
 per-query scores to the pruner), tell, and keep every trial's artifacts.
 
 Crash safety: trials in flight send heartbeats; a worker that dies leaves RUNNING trials that
-`fail_stale_trials` fails after the grace period, and `RetryFailedTrialCallback` re-enqueues
+`fail_stale_trials` fails after the grace period, and `RetryHeartbeatStaleTrialCallback` re-enqueues
 them with the same parameters (the caches make the work already done free). Trial asks are
 serialised across workers (an advisory lock on PostgreSQL, a file lock beside a SQLite file),
 so the number of finished trials is exactly `n_trials`.
@@ -73,21 +73,24 @@ def make_storage(cfg: StudyConfig, url: str | None = None) -> optuna.storages.Ba
         kwargs["engine_kwargs"] = {"pool_pre_ping": True}
     return optuna.storages.RDBStorage(
         url, heartbeat_interval=hb, grace_period=2 * hb,
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(
-            max_retry=cfg.optuna.max_retry, inherit_intermediate_values=False),
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+            max_retry=cfg.optuna.max_retry),
         **kwargs,
     )
 
 
 def open_study(cfg: StudyConfig, storage_url: str | None = None) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = ["maximize", "minimize"] if cfg.optuna.multi_objective else ["maximize"]
+    extra = feedback_objectives(cfg)
+    directions += ["maximize"] * len(extra)
     storage = make_storage(cfg, storage_url)
     study = optuna.create_study(
         study_name=cfg.name, storage=storage, sampler=make_sampler(cfg),
         pruner=make_pruner(cfg), directions=directions, load_if_exists=True,
     )
     if cfg.optuna.multi_objective:
-        study.set_metric_names(["score", "context_tokens"])
+        study.set_metric_names(["score", "context_tokens", *extra])
     else:
         study.set_metric_names(["score"])
     return study
@@ -260,6 +263,10 @@ def run_study(
                 _save_artifacts(store, study, t, ev)
                 res = ev.result(evaluator.judge.id)
                 _attrs(t, ev, res)
+                fb = (evaluator.feedback.summarize(ev.records, res.overall)
+                      if evaluator.feedback is not None else None)
+                if fb is not None:
+                    t.set_user_attr("feedback", fb.to_dict())
                 if i in pruned:
                     study.tell(t, state=TrialState.PRUNED)
                     summary.pruned += 1
@@ -275,13 +282,20 @@ def run_study(
                     summary.failed += 1
                     consecutive_fail += 1
                     say(f"trial {t.number}: failed (judge coverage {cov})")
+                elif fb is not None and fb.gate_failed:
+                    t.set_user_attr("fail_reason", fb.gate_failed)
+                    study.tell(t, state=TrialState.FAIL)
+                    summary.failed += 1
+                    say(f"trial {t.number}: failed the rules gate ({fb.gate_failed})")
                 else:
+                    score = fb.combined if fb is not None else res.overall
                     values = ([res.overall, ev.mean_context_tokens]
-                              if cfg.optuna.multi_objective else res.overall)
+                              + [fb.values.get(s) or 0.0 for s in feedback_objectives(cfg)]
+                              if cfg.optuna.multi_objective else score)
                     study.tell(t, values)
                     summary.finished += 1
                     consecutive_fail = 0
-                    say(f"trial {t.number}: score {res.overall:.3f} "
+                    say(f"trial {t.number}: score {score:.3f} "
                         f"({specs[i].system_name}, k={specs[i].k}, {specs[i].strategy})")
                 hb.discard(t._trial_id)
             if consecutive_fail >= max(3, cfg.optuna.batch_trials * 2):
@@ -301,15 +315,22 @@ def _report(trial: optuna.Trial, cfg: StudyConfig, rows, ev: TrialEvaluation, st
     if cfg.optuna.pruner == "wilcoxon":
         base = len(ev.records) - len(rows)
         for j, r in enumerate(rows):
-            v = r.judgement.overall if r.judgement else None
+            v = r.objective
             if v is not None:
                 trial.report(v, base + j)
     else:
-        vals = [r.judgement.overall for r in ev.records
-                if r.judgement and r.judgement.overall is not None]
+        vals = [r.objective for r in ev.records if r.objective is not None]
         if vals:
             trial.report(sum(vals) / len(vals), step)
     return trial.should_prune()
+
+
+def feedback_objectives(cfg: StudyConfig) -> list[str]:
+    """Extra objectives of a multi-objective study: one per configured feedback source."""
+    f = cfg.feedback
+    if not cfg.optuna.multi_objective or f is None:
+        return []
+    return [s for s in ("rules", "reward", "pairwise") if getattr(f, s) is not None]
 
 
 def _attrs(trial: optuna.Trial, ev: TrialEvaluation, res) -> None:
@@ -371,6 +392,9 @@ def build_evaluator(cfg: StudyConfig, *, engine=None, judge=None, say=print) -> 
     from icl_search.prompt import Template
 
     pool = Pool.load(cfg.path(cfg.pool.path))
+    index_dir = cfg.path(cfg.pool.index_dir)
+    if cfg.pool.sources:
+        pool, index_dir = _restrict_sources(cfg, pool, index_dir)
     queries = load_queries(cfg.path(cfg.eval.path))
     if cfg.eval.limit:
         queries = queries[: cfg.eval.limit]
@@ -396,10 +420,37 @@ def build_evaluator(cfg: StudyConfig, *, engine=None, judge=None, say=print) -> 
     params = SamplingParams(max_tokens=d.max_tokens, temperature=d.temperature, top_p=d.top_p,
                             repetition_penalty=d.repetition_penalty, seed=d.seed)
     needs_index = any(s != "fixed" for s in cfg.search.strategies) and cfg.search.k[1] > 0
+    template = Template.from_dict(cfg.template)
+    feedback = baseline = None
+    if cfg.feedback is not None:
+        from icl_search.feedback import feedback_from_config
+
+        say("loading the feedback sources ...")
+        feedback = feedback_from_config(cfg.feedback, judge=judge, cache=cache,
+                                        template=template, resolve=cfg.path)
+        params_b = baseline_params(cfg, pool.ids)
+        baseline = TrialSpec(params_b["system"], params_b["k"], params_b.get("strategy", "none"),
+                             tuple(params_b[f"ex_{i}"] for i in range(params_b["k"])))
     return Evaluator(engine=engine, judge=judge, pool=pool, queries=queries, systems=systems,
-                     params=params, template=Template.from_dict(cfg.template),
-                     index_dir=cfg.path(cfg.pool.index_dir), embedder=cfg.pool.embedder,
-                     needs_index=needs_index)
+                     params=params, template=template, index_dir=index_dir,
+                     embedder=cfg.pool.embedder, needs_index=needs_index, feedback=feedback,
+                     baseline=baseline)
+
+
+def _restrict_sources(cfg: StudyConfig, pool, index_dir):
+    """The pool's examples whose `source` is in `pool.sources`, with an index of their own
+    (beside the full pool's, so neither goes stale when a study switches)."""
+    from icl_search.index import PoolIndex
+    from icl_search.pool import Pool
+
+    keep = set(cfg.pool.sources or ())
+    have = sorted({e.source for e in pool})
+    sub = Pool([e for e in pool if e.source in keep], pool.path, pool.system)
+    if not len(sub):
+        raise StudyError(f"{cfg.source}: field 'pool.sources': no example of {pool.path} has "
+                         f"a source in {sorted(keep)}; its sources: {have}")
+    base = index_dir or PoolIndex.default_dir(pool.path)
+    return sub, base.with_name(f"{base.name}-{'+'.join(sorted(keep))}")
 
 
 def _same_model(judge_spec: str, engine_spec: str) -> bool:

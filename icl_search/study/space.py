@@ -106,7 +106,7 @@ def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
     # from all landing on the same point.
     return optuna.samplers.TPESampler(
         seed=cfg.seed, multivariate=True, group=True, constant_liar=True,
-        n_startup_trials=cfg.optuna.n_startup_trials, warn_independent_sampling=False,
+        n_startup_trials=cfg.optuna.n_startup_trials,
     )
 
 
