@@ -8,6 +8,7 @@ Spec grammar (one string, as in a study config's `judge = "..."`)::
     sample:<engine spec>                  the same prompts, one sampled score token (baseline)
     vllm:<model> | openai:<url>[#model]   shorthand for logprob:vllm:... / logprob:openai:...
     dspy:<provider>/<model>[@<api_base>]  a chat model through dspy.LM, answering the JSON rubric
+    distilled:<dir>                       a cross-encoder trained by `icl-search judge distill`
 
 `<engine spec>` is anything `icl_search.engines.make_engine` accepts (`vllm:default`,
 `vllm:/path/to/hf-model`, `openai:http://host:8000/v1`). For `dspy:` the model string is
@@ -37,7 +38,7 @@ API_KEY_ENV = "ICL_SEARCH_JUDGE_API_KEY"
 QUERY_FIELDS = ("query", "instruction", "prompt")
 RESPONSE_FIELDS = ("response", "answer", "output")
 NO_RESPONSE = "no-response: the item has no response text (failed generation)"
-_KINDS = ("default", "logprob", "sample", "vllm", "openai", "dspy")
+_KINDS = ("default", "logprob", "sample", "vllm", "openai", "dspy", "distilled")
 
 
 def parse_judge_spec(spec: str) -> tuple[str, str]:
@@ -55,10 +56,13 @@ def parse_judge_spec(spec: str) -> tuple[str, str]:
         return kind, rest
     if kind == "dspy" and sep and "/" in rest.split("@", 1)[0]:
         return "dspy", rest
+    if kind == "distilled" and sep and rest:
+        return "distilled", rest
     raise JudgeError(
         f"judge spec {spec!r} is not understood; accepted: 'default', 'logprob:<engine>', "
         "'sample:<engine>', 'vllm:<model>', 'openai:<url>', "
-        "'dspy:<provider>/<model>[@<api_base>]' (e.g. 'dspy:openai/gpt-4o-mini')")
+        "'dspy:<provider>/<model>[@<api_base>]' (e.g. 'dspy:openai/gpt-4o-mini'), "
+        "'distilled:<dir>'")
 
 
 class Judge:
@@ -167,7 +171,12 @@ def make_judge(spec: str = "default", *, engine=None, cache=None,
 
         cache = Cache(cache)
     backend: Backend
-    if kind in ("logprob", "sample"):
+    if kind == "distilled":
+        from icl_search.judge.distill import DistilledBackend
+
+        backend = DistilledBackend(rest, **{k: v for k, v in opts.items()
+                                      if k in ("batch_size", "threads")})
+    elif kind in ("logprob", "sample"):
         if engine is None:
             from icl_search.engines import make_engine
             from icl_search.engines.base import EngineError
