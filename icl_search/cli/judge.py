@@ -237,3 +237,60 @@ def systems_table(cal) -> Table:
 
 def _pairs(agreement: float | None, n: int | None) -> str:
     return "-" if agreement is None else f"{agreement:.0%} of {n}"
+
+
+@judge_app.command("distill")
+def distill_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the distilled model and its "
+                             "distilled.json manifest (replaced atomically)."),
+    scores: list[Path] = typer.Option([], "--scores", help="Judged records: a score file of "
+                                      "`judge score` (with --responses) or JSONL/Parquet rows "
+                                      "with query, response and scores. Repeatable."),
+    responses: Path | None = typer.Option(None, "--responses", help="The JSONL that was scored, "
+                                          "joined on id when a score file holds no texts."),
+    reference: Path | None = typer.Option(None, "--reference", help="Also train on reference "
+                                          "judgements (just-eval's judgements/"
+                                          "reference.dev.jsonl, outputs and instructions beside)."),
+    aspects: str | None = typer.Option(None, "--aspects", help="Comma-separated aspects to "
+                                       "learn, or 'overall' (default: every aspect present)."),
+    epochs: int = typer.Option(1, min=1),
+    batch_size: int = typer.Option(16, min=1),
+    learning_rate: float = typer.Option(5e-5, min=0.0),
+    max_length: int = typer.Option(256, min=16, help="Tokens of query + response read."),
+    test_fraction: float = typer.Option(0.2, min=0.0, max=0.95, help="Queries held out."),
+    seed: int = typer.Option(0),
+    base_model: str | None = typer.Option(None, "--base-model", help="Model to start from "
+                                          "(default: the packaged MiniLM embedder)."),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
+) -> None:
+    """Train a cross-encoder on judge verdicts: a cheap judge (`distilled:DIR`) scoring in the
+    same 1-5 units; prints Spearman and AUC per aspect on held-out queries."""
+    from icl_search.judge.distill import DistillError, distill, load_records, reference_records
+
+    if not scores and reference is None:
+        fail("nothing to train on: give --scores FILE and/or --reference FILE")
+    records, sources = [], []
+    try:
+        for path in scores:
+            records += load_records(path, responses=responses)
+            sources.append(path)
+        if responses is not None and scores:
+            sources.append(responses)
+        if reference is not None:
+            records += reference_records(reference)
+            sources.append(reference)
+        d = distill(records, out, base_model=base_model, aspects=aspects, epochs=epochs,
+                    batch_size=batch_size, learning_rate=learning_rate, max_length=max_length,
+                    test_fraction=test_fraction, seed=seed, sources=sources, threads=threads,
+                    progress=True, say=lambda m: err.print(m, highlight=False))
+    except DistillError as exc:
+        fail(str(exc))
+    m = d.manifest
+    t = Table("aspect", "n", "spearman", "AUC (<=2 vs >=4)", "low/high", "MAE",
+              title=f"distilled judge {out} (held-out queries: {m['n_test_queries']})",
+              caption=f"trained on {m['n_train']} records in {m['train_seconds']:.0f} s")
+    for aspect, f in m["metrics"].items():
+        t.add_row(aspect, str(f["n"]), _fmt(f["spearman"]), _fmt(f["auc"]),
+                  f"{f['auc_low']}/{f['auc_high']}", _fmt(f["mae"]))
+    _out().print(t)
+    err.print(f"wrote {out} (judge spec: distilled:{out})", highlight=False)

@@ -101,7 +101,7 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
 
         try:
             df = pl.read_parquet(path)
-        except Exception as e:  # polars raises several kinds for a non-Parquet file
+        except (OSError, pl.exceptions.PolarsError) as e:
             raise DistillError(f"{path}: not a readable Parquet file ({e})") from None
         return [(i + 1, row) for i, row in enumerate(df.iter_rows(named=True))]
     rows = []
