@@ -38,6 +38,22 @@ class JudgeSection(_Strict):
     rubric: str | None = None
     safety_rubric: str | None = None
     max_model_len: int | None = Field(None, ge=128)
+    screen: str | None = Field(None, description="cheap judge (e.g. distilled:DIR) scoring "
+                               "every trial; the expensive `spec` judges only the top ones")
+    screen_top: float = Field(0.5, gt=0.0, le=1.0, description="fraction of trials (by cheap "
+                              "score, among those so far) the expensive judge sees; 1 = audit")
+
+    @field_validator("spec", "screen")
+    @classmethod
+    def _judge_spec(cls, v: str | None) -> str | None:
+        from icl_search.judge import JudgeError, parse_judge_spec
+
+        if v is not None:
+            try:
+                parse_judge_spec(v)
+            except JudgeError as exc:
+                raise ValueError(str(exc)) from None
+        return v
 
 
 class PoolSection(_Strict):
@@ -173,6 +189,9 @@ class StudyConfig(_Strict):
             fields.append(("judge.rubric", self.judge.rubric))
         if self.judge.safety_rubric:
             fields.append(("judge.safety_rubric", self.judge.safety_rubric))
+        for name, spec in (("judge.spec", self.judge.spec), ("judge.screen", self.judge.screen)):
+            if spec and spec.startswith("distilled:"):
+                fields.append((name, str(Path(spec.split(":", 1)[1]) / "distilled.json")))
         for name, p in fields:
             if not self.path(p).exists():
                 raise ConfigError(f"{self.source}: field '{name}': file not found: {self.path(p)}")

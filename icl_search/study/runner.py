@@ -165,6 +165,7 @@ class RunSummary:
     finished: int = 0
     pruned: int = 0
     failed: int = 0
+    screened_out: int = 0  # told PRUNED by the cheap screen (icl_search.study.screening)
     batches: int = 0
     seconds: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict)
@@ -246,8 +247,15 @@ def run_study(
             specs = [suggest(t, cfg, candidates) for t in trials]
             for t, s in zip(trials, specs):
                 t.set_user_attr("spec", s.to_dict())
-            active = list(range(len(trials)))
             evals = [TrialEvaluation(s) for s in specs]
+            skip: dict[int, list] = {}
+            if getattr(evaluator, "screen", None) is not None:
+                from icl_search.study.screening import screen_trials
+
+                skip = screen_trials(study, cfg, evaluator, trials, specs)
+                for i, rows in skip.items():
+                    evals[i].records.extend(rows)
+            active = [i for i in range(len(trials)) if i not in skip]
             pruned: set[int] = set()
             for start in range(0, n_queries, chunk):
                 positions = list(range(start, min(start + chunk, n_queries)))
@@ -261,6 +269,14 @@ def run_study(
                     break
             for i, (t, ev) in enumerate(zip(trials, evals)):
                 _save_artifacts(store, study, t, ev)
+                if i in skip:
+                    study.tell(t, state=TrialState.PRUNED)
+                    summary.pruned += 1
+                    summary.screened_out += 1
+                    say(f"trial {t.number}: screened out (cheap score "
+                        f"{t.user_attrs['screen_score']:.3f})")
+                    hb.discard(t._trial_id)
+                    continue
                 res = ev.result(evaluator.judge.id)
                 _attrs(t, ev, res)
                 fb = (evaluator.feedback.summarize(ev.records, res.overall)
@@ -305,6 +321,7 @@ def run_study(
                     f"or lower judge.min_coverage in {cfg.source}")
     summary.seconds = time.time() - t_start
     summary.stats = vars(evaluator.stats).copy()
+    summary.stats.update(getattr(evaluator, "screen_stats", {}))
     return summary
 
 
@@ -390,6 +407,7 @@ def build_evaluator(cfg: StudyConfig, *, engine=None, judge=None, say=print) -> 
     from icl_search.judge import make_judge
     from icl_search.pool import Pool
     from icl_search.prompt import Template
+    from icl_search.study.screening import attach_screen, resolve_spec
 
     pool = Pool.load(cfg.path(cfg.pool.path))
     index_dir = cfg.path(cfg.pool.index_dir)
@@ -413,7 +431,8 @@ def build_evaluator(cfg: StudyConfig, *, engine=None, judge=None, say=print) -> 
         say(f"loading the judge ({cfg.judge.spec}) ...")
         same = _same_model(cfg.judge.spec, cfg.model.engine)
         opts = {"max_model_len": cfg.judge.max_model_len} if cfg.judge.max_model_len else {}
-        judge = make_judge(cfg.judge.spec, engine=raw_engine if same else None, cache=cache,
+        judge = make_judge(resolve_spec(cfg, cfg.judge.spec), engine=raw_engine if same else None,
+                           cache=cache,
                            rubric=cfg.path(cfg.judge.rubric),
                            safety_rubric=cfg.path(cfg.judge.safety_rubric), **opts)
     d = cfg.decoding
@@ -431,10 +450,12 @@ def build_evaluator(cfg: StudyConfig, *, engine=None, judge=None, say=print) -> 
         params_b = baseline_params(cfg, pool.ids)
         baseline = TrialSpec(params_b["system"], params_b["k"], params_b.get("strategy", "none"),
                              tuple(params_b[f"ex_{i}"] for i in range(params_b["k"])))
-    return Evaluator(engine=engine, judge=judge, pool=pool, queries=queries, systems=systems,
-                     params=params, template=template, index_dir=index_dir,
-                     embedder=cfg.pool.embedder, needs_index=needs_index, feedback=feedback,
-                     baseline=baseline)
+    evaluator = Evaluator(engine=engine, judge=judge, pool=pool, queries=queries,
+                          systems=systems, params=params, template=template, index_dir=index_dir,
+                          embedder=cfg.pool.embedder, needs_index=needs_index, feedback=feedback,
+                          baseline=baseline)
+    attach_screen(evaluator, cfg, cache, say)
+    return evaluator
 
 
 def _restrict_sources(cfg: StudyConfig, pool, index_dir):
