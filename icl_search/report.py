@@ -115,6 +115,9 @@ def write_report(cfg, study: optuna.Study, out: Path) -> list[Path]:
         lines += ["", "## Parameter importances", ""]
         lines += [f"- {k}: {v if isinstance(v, str) else f'{v:.3f}'}"
                   for k, v in importances.items()]
+    from icl_search.study.screening import report_lines
+
+    lines += report_lines(study, cfg.judge.screen_top)
     lines += ["", "## Plots", ""] + [f"- [{p.name}]({p.name})" for p in written]
     df = trials_frame(study)
     csv = out / "trials.csv"
