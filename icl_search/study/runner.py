@@ -504,6 +504,8 @@ def trials_frame(study: optuna.Study):
             "mmr_lambda": spec.get("mmr_lambda"),
             "context_tokens": t.user_attrs.get("context_tokens"),
             "n_queries": t.user_attrs.get("n_queries"),
+            "screen_score": t.user_attrs.get("screen_score"),
+            "expensive_judge": t.user_attrs.get("expensive_judge"),
             "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
             if t.datetime_complete and t.datetime_start else None,
         }
