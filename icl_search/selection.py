@@ -144,7 +144,7 @@ class Selector:
         self.index = index
         self.config = config
         self._examples = index.pool.examples
-        missing = [i for i in config.fixed_ids if i not in index._positions]
+        missing = [i for i in config.fixed_ids if i not in index]
         if missing and config.strategy in ("fixed", "hybrid"):
             where = f" {index.pool.path}" if getattr(index.pool, "path", None) else ""
             raise SelectionError(f"fixed_ids: not in the pool{where}: {missing}")
@@ -194,13 +194,13 @@ class Selector:
         if vectors is None:
             vectors = self.index.embed(queries)
         vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
-        common = {self.index._positions[i] for i in exclude_ids if i in self.index._positions}
+        idx = self.index
+        common = {idx.position(i) for i in exclude_ids if i in idx}
         banned: list[set[int]] = []
         for qi, q in enumerate(queries):
             b = set(common) | set(self._by_text.get(normalize_text(q), ()))
             if exclude_per_query is not None:
-                b |= {self.index._positions[i] for i in exclude_per_query[qi]
-                      if i in self.index._positions}
+                b |= {idx.position(i) for i in exclude_per_query[qi] if i in idx}
             banned.append(b)
 
         c = self.config

