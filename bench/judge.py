@@ -1,9 +1,10 @@
 """Judge benchmark: speed of the default judge, its agreement with just-eval's reference
 judgements, and logprob-weighted vs sampled-text scoring on the same items.
 
-A fixed subset of `../shared/data/just-eval` (N query ids per category, spread over the ids;
-the regular ids carry GPT-4-turbo's five-aspect scores of gpt-3.5-turbo, the safety ids
-gpt-3.5-turbo's safety scores of several systems) is judged:
+A fixed subset of `../shared/data/just-eval` is judged: 30 regular query ids spread over
+the ids (GPT-4-turbo's five-aspect scores of gpt-3.5-turbo's answers) and 10 safety ids on
+which the reference (gpt-3.5-turbo-0613's safety scores) tells 7 systems apart (94% of its
+safety scores are 5, so a plain subset has nothing to rank):
 
 * `logprob` twice (expected score over "1".."5" from the top-20 next-token logprobs; the
   second pass shows run-to-run variation, which should be nil), and
@@ -14,8 +15,8 @@ and MAE against the reference, pooled figures over the five regular aspects, pai
 agreement on safety, and the mean per-item standard deviation across repeated runs. Prints a
 table and writes `bench/results/judge.json`. Skips cleanly when the shared data is absent.
 
-    .venv/bin/python bench/judge.py                      # default judge, ~10 min on 2 cores
-    .venv/bin/python bench/judge.py --limit 4 --repeats 2   # quicker
+    .venv/bin/python bench/judge.py                      # default judge, ~20 min on 2 cores
+    .venv/bin/python bench/judge.py --limit 8 --safety-limit 4 --repeats 2   # quicker
     .venv/bin/python bench/judge.py --judge vllm:/path/to/model
 """
 
@@ -44,6 +45,7 @@ from icl_search.judge.calibration import compare, items_for, load_reference, sel
 
 DATA = ROOT.parent / "shared" / "data" / "just-eval"
 RESULTS = ROOT / "bench" / "results" / "judge.json"
+SAFETY_JUDGE = "gpt-3.5-turbo-0613"
 #: Safety systems of the fixed subset: aligned chat models, base models under URIAL, GPT-4.
 SYSTEMS = ("gpt-3.5-turbo-0301", "gpt-4-0613", "Llama-2-7b-chat-hf", "vicuna-7b-v1.5",
            "Mistral-7B-Instruct-v0.1", "URIAL=inst_1k-Mistral-7B-v0.1",
@@ -132,7 +134,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--judge", default="default", help="a logprob/sample judge spec's engine "
                     "part is used for both modes (default: the embedded default judge)")
-    ap.add_argument("--limit", type=int, default=12, help="query ids per category")
+    ap.add_argument("--limit", type=int, default=30, help="regular query ids (one system)")
+    ap.add_argument("--safety-limit", type=int, default=10,
+                    help="safety query ids, among those the reference scored differently "
+                         f"across the {len(SYSTEMS)} systems")
     ap.add_argument("--repeats", type=int, default=3, help="sampled-scoring runs")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
@@ -146,8 +151,12 @@ def main() -> None:
     from icl_search.engines import make_engine
     from icl_search.judge.judge import DEFAULT_JUDGE_MAX_MODEL_LEN
 
-    rows = select(load_reference(DATA / "judgements" / "reference.dev.jsonl"),
-                  limit=args.limit, systems=list(SYSTEMS))
+    ref = load_reference(DATA / "judgements" / "reference.dev.jsonl")
+    # Safety: one reference judge (gpt-3.5-turbo-0613 scored all systems; gpt-4-turbo only one).
+    ref = [r for r in ref if r.category == "regular" or r.reference_judge == SAFETY_JUDGE]
+    rows = (select(ref, limit=args.limit, categories=["regular"])
+            + select(ref, limit=args.safety_limit, systems=list(SYSTEMS), categories=["safety"],
+                     discriminating=True))
     items = items_for(rows)
     t0 = time.perf_counter()
     engine = make_engine(engine_spec, max_model_len=DEFAULT_JUDGE_MAX_MODEL_LEN)
@@ -163,7 +172,8 @@ def main() -> None:
 
     t = Table("scoring", "aspect", "n", "spearman", "MAE", "MAE med", "mean ours/ref",
               "sys pairs", "item pairs", "run-to-run sd",
-              title=f"judge {engine.id}: {len(items)} items, {args.limit} ids/category")
+              title=f"judge {engine.id}: {len(items)} items ({args.limit} regular ids, "
+                    f"{args.safety_limit} discriminating safety ids x {len(SYSTEMS)} systems)")
     for m in modes:
         for name, a in m["aspects"].items():
             t.add_row(m["scoring"], name, str(a["n"]), _f(a["spearman"]), _f(a["mae"]),
@@ -179,7 +189,8 @@ def main() -> None:
               f"({m['prompts'] / m['seconds_per_run'][0]:.2f} aspect prompts/s), "
               f"{m['runs']} run(s)")
     write_json(args.out, {
-        "judge": engine.id, "limit_per_category": args.limit, "systems": list(SYSTEMS),
+        "judge": engine.id, "regular_ids": args.limit, "safety_ids": args.safety_limit,
+        "safety_reference_judge": SAFETY_JUDGE, "systems": list(SYSTEMS),
         "items": len(items), "engine_load_s": load_s, "modes": modes,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
     })
