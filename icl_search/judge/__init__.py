@@ -8,10 +8,18 @@
     result.coverage             # {"helpfulness": Coverage(judged, total), ...}
 
 Rubrics live in `templates/*.txt`; spec grammar in `icl_search.judge.judge`; agreement with a
-reference judge in `icl_search.judge.calibration`.
+reference judge in `icl_search.judge.calibration`; a cheap learned judge trained on verdicts
+(`distilled:DIR`) in `icl_search.judge.distill`.
 """
 
 from icl_search.judge.backends import ChatBackend, EngineBackend, JudgeError, expected_score
+from icl_search.judge.distill import (
+    DistilledBackend,
+    DistillError,
+    distill,
+    load_records,
+    reference_records,
+)
 from icl_search.judge.judge import (
     DEFAULT_JUDGE,
     Judge,
@@ -34,10 +42,36 @@ from icl_search.judge.result import (
 from icl_search.judge.rubric import ALL_ASPECTS, ASPECTS, SAFETY, Rubric, RubricError, RubricSet
 
 __all__ = [
-    "ALL_ASPECTS", "ASPECTS", "SAFETY", "DEFAULT_JUDGE",
-    "ChatBackend", "Coverage", "CoverageError", "EngineBackend", "ItemJudgement", "Judge",
-    "JudgeError", "JudgeItem", "JudgeResult", "LengthControlled", "Parsed", "Rubric",
-    "RubricError", "RubricSet",
-    "coerce_score", "count_words", "expected_score", "length_controlled", "make_judge",
-    "parse_judge_spec", "parse_judgement", "score", "to_item",
+    "ALL_ASPECTS",
+    "ASPECTS",
+    "DEFAULT_JUDGE",
+    "SAFETY",
+    "ChatBackend",
+    "Coverage",
+    "CoverageError",
+    "DistillError",
+    "DistilledBackend",
+    "EngineBackend",
+    "ItemJudgement",
+    "Judge",
+    "JudgeError",
+    "JudgeItem",
+    "JudgeResult",
+    "LengthControlled",
+    "Parsed",
+    "Rubric",
+    "RubricError",
+    "RubricSet",
+    "coerce_score",
+    "count_words",
+    "distill",
+    "expected_score",
+    "length_controlled",
+    "load_records",
+    "make_judge",
+    "parse_judge_spec",
+    "parse_judgement",
+    "reference_records",
+    "score",
+    "to_item",
 ]
