@@ -347,7 +347,7 @@ class Bundle(BaseModel):
         if isinstance(v, SamplingParams):
             return v
         if not isinstance(v, Mapping):
-            raise ValueError("expected an object of sampling parameters")
+            raise ValueError("expected an object of sampling parameters")  # noqa: TRY004
         known = set(SamplingParams.__dataclass_fields__)
         unknown = set(v) - known
         if unknown:
@@ -713,7 +713,18 @@ def _first_error(exc: ValidationError) -> str:
 
 
 __all__ = [
-    "Bundle", "BundleError", "BundleExample", "ContextWindowError", "Conversation",
-    "ConversationError", "Provenance", "Rendered", "Retrieval", "SCHEMA_VERSION", "SYSTEM_MODES",
-    "Scores", "package_versions", "redact_url",
+    "SCHEMA_VERSION",
+    "SYSTEM_MODES",
+    "Bundle",
+    "BundleError",
+    "BundleExample",
+    "ContextWindowError",
+    "Conversation",
+    "ConversationError",
+    "Provenance",
+    "Rendered",
+    "Retrieval",
+    "Scores",
+    "package_versions",
+    "redact_url",
 ]

@@ -340,14 +340,15 @@ def create_app(
             extra["ignore_eos"] = True
         return params, extra
 
-    def check_max_tokens(req: _Common, value: int | None) -> int:
+    def check_max_tokens(value: int | None) -> int:
         window = engine.context_window
         n = bundle.sampling.max_tokens if value is None else value
         if value is not None and value >= window:
             raise APIError(400, f"max_tokens: {value} is out of range: the context window is "
                            f"{window} tokens, and the prompt needs some of them",
                            param="max_tokens")
-        # The bundle's default may exceed a smaller window chosen at serve time.
+        # The bundle's default may not fit a smaller window chosen at serve time (--max-model-len):
+        # then half the window, leaving the other half for the prompt.
         return min(n, max(1, window // 2)) if value is None and n >= window else n
 
     async def prepare(request: Any, max_tokens: int, mode: SystemMode) -> Rendered:
@@ -421,7 +422,7 @@ def create_app(
             return JSONResponse({"status": "starting"}, status_code=503)
         try:
             await engine.check_health()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
             return JSONResponse({"status": "error", "detail": str(exc)}, status_code=503)
         return JSONResponse({"status": "ok", "model": name, "bundle_mode": bundle.mode})
 
@@ -444,9 +445,8 @@ def create_app(
         req: ChatRequest = await body_of(request, ChatRequest)
         if req.logprobs or req.top_logprobs:
             raise APIError(400, "logprobs: not supported by this server", param="logprobs")
-        max_tokens = check_max_tokens(
-            req, req.max_completion_tokens if req.max_completion_tokens is not None
-            else req.max_tokens)
+        max_tokens = check_max_tokens(req.max_completion_tokens
+                                      if req.max_completion_tokens is not None else req.max_tokens)
         rendered = await prepare(req.messages, max_tokens, req.icl_system_mode or system_mode)
         params, extra = params_for(req, max_tokens, template_stops=True)
         rid, ts = f"chatcmpl-{uuid.uuid4().hex}", _now()
@@ -504,7 +504,7 @@ def create_app(
                            param="prompt")
         if req.stream and len(prompts) > 1:
             raise APIError(400, "prompt: streaming takes one prompt per request", param="prompt")
-        max_tokens = check_max_tokens(req, req.max_tokens)
+        max_tokens = check_max_tokens(req.max_tokens)
         params, extra = params_for(req, max_tokens, template_stops=not req.raw)
         rendered: list[Rendered | None] = []
         texts: list[str] = []

@@ -45,15 +45,15 @@ EXAMPLES = [
 
 
 def fixed_bundle(**kw) -> Bundle:
-    args = dict(
-        model="gemma-3-270m", system=SYSTEM, examples=EXAMPLES[:3],
-        sampling=SamplingParams(max_tokens=64, temperature=0.3),
-        scores={"overall": 4.1, "aspects": {"helpfulness": 4.3, "safety": 4.9},
-                "n_queries": 58, "judge": "openai:http://judge/v1#qwen", "coverage": 0.98},
-        provenance={"study": "demo", "trial": 17,
-                    "storage": "postgresql+psycopg://optuna:hunter2@db:5432/icl",
-                    "config_hash": "c0ffee"},
-    )
+    args = {
+        "model": "gemma-3-270m", "system": SYSTEM, "examples": EXAMPLES[:3],
+        "sampling": SamplingParams(max_tokens=64, temperature=0.3),
+        "scores": {"overall": 4.1, "aspects": {"helpfulness": 4.3, "safety": 4.9},
+                   "n_queries": 58, "judge": "openai:http://judge/v1#qwen", "coverage": 0.98},
+        "provenance": {"study": "demo", "trial": 17,
+                       "storage": "postgresql+psycopg://optuna:hunter2@db:5432/icl",
+                       "config_hash": "c0ffee"},
+    }
     args.update(kw)
     return Bundle.create(**args)
 
@@ -120,7 +120,7 @@ def test_render_with_a_budget_is_the_studys_fit(tiny_model_dir):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    count = lambda text: len(tok.encode(text))  # noqa: E731
+    count = lambda text: len(tok.encode(text))
     bundle = fixed_bundle()
     query = "Plan a weekend in Lisbon."
     full = count(bundle.render(query))

@@ -162,7 +162,7 @@ def test_multi_turn_and_system_messages(client, bundle, tokenizer):
         {"role": "assistant", "content": "Use sorted()."},
         {"role": "user", "content": "And in reverse order?"},
     ]
-    count = lambda text: len(tokenizer.encode(text))  # noqa: E731
+    count = lambda text: len(tokenizer.encode(text))
     appended = chat(client, messages, max_tokens=4)
     assert appended.usage.prompt_tokens == count(bundle.render_conversation(messages))
     replaced = chat(client, messages, max_tokens=4, extra_body={"icl_system_mode": "replace"})

@@ -63,10 +63,10 @@ class AsyncVLLMEngine:
         self.id = f"vllm:{self.path.resolve()}"
         gpu = _has_gpu()
         self.device = "cuda" if gpu else "cpu"
-        kwargs: dict[str, Any] = dict(
-            model=self.model, enable_prefix_caching=enable_prefix_caching, seed=seed, dtype=dtype,
-            disable_log_stats=True,
-        )
+        kwargs: dict[str, Any] = {
+            "model": self.model, "enable_prefix_caching": enable_prefix_caching, "seed": seed,
+            "dtype": dtype, "disable_log_stats": True,
+        }
         if max_model_len:
             kwargs["max_model_len"] = int(max_model_len)
         if max_num_seqs:
