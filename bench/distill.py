@@ -151,7 +151,8 @@ def print_table(r: dict) -> None:
     def f(x, d=2):
         return "-" if x is None else f"{x:.{d}f}"
 
-    print(f"\ndistilled judge ({Path(r['base_model']).name} cross-encoder), held-out queries: "
+    print(f"\ndistilled judge (cross-encoder from {Path(r['base_model']).parent.name}), "
+          "held-out queries: "
           f"{r['test_queries']} ({r['test_records']} records)")
     print(f"{'aspect':<12} {'n':>5} {'spearman':>9} {'AUC':>6} {'low/high':>10} {'MAE':>6}")
     for a, m in r["aspects"].items():
