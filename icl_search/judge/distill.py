@@ -307,9 +307,9 @@ def _predict(model, records: Sequence[tuple[str, str]], batch_size: int, max_len
             idx = order[s:s + batch_size]
             enc = tok([records[i][0] for i in idx], [records[i][1] for i in idx],
                       truncation=True, max_length=max_length, padding=True,
-                      return_tensors="pt")
+                      return_tensors="pt").to(hf.device)
             logits = hf(**enc).logits.float()
-            out[idx] = (1.0 + 4.0 * torch.sigmoid(logits)).numpy()
+            out[idx] = (1.0 + 4.0 * torch.sigmoid(logits)).cpu().numpy()
     return out
 
 
@@ -536,7 +536,7 @@ class DistilledBackend:
         self.batch_size = batch_size
         self.id = f"distilled:{self.path.resolve().name}@{digest[:12]}"
         try:
-            self.model = CrossEncoder(str(self.path), max_length=self.max_length, device="cpu")
+            self.model = CrossEncoder(str(self.path), max_length=self.max_length)
         except (OSError, ValueError) as e:
             raise JudgeError(f"distilled judge {self.path}: cannot load the model "
                              f"({' '.join(str(e).split())[:300]})") from None
