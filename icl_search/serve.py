@@ -40,7 +40,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -132,6 +132,9 @@ class _Common(BaseModel):
     min_tokens: int | None = Field(None, ge=0)
     ignore_eos: bool = False
     user: str | None = None
+
+
+_R = TypeVar("_R", bound=_Common)
 
 
 class ChatRequest(_Common):
@@ -298,7 +301,7 @@ def create_app(
                                 ).response()
         return await call_next(request)
 
-    async def body_of(request: Request, model: type[BaseModel]) -> Any:
+    async def body_of(request: Request, model: type[_R]) -> _R:
         raw = await request.body()
         try:
             data = json.loads(raw)
@@ -310,17 +313,19 @@ def create_app(
             req = model.model_validate(data)
         except ValidationError as exc:
             raise _validation_error(exc) from None
-        if req.model is not None and req.model != name:  # type: ignore[attr-defined]
-            raise APIError(404, f"model {req.model!r} does not exist; this server serves "  # type: ignore[attr-defined]
+        if req.model is not None and req.model != name:
+            raise APIError(404, f"model {req.model!r} does not exist; this server serves "
                            f"{name!r}", param="model", code="model_not_found")
-        if req.n != 1:  # type: ignore[attr-defined]
+        if req.n != 1:
             raise APIError(400, "n: only n=1 is supported", param="n")
         return req
 
-    def params_for(req: _Common, max_tokens: int, template_stops: bool) -> tuple[SamplingParams,
-                                                                                 dict[str, Any]]:
+    def params_for(req: _Common, max_tokens: int, rendered: bool) -> tuple[SamplingParams,
+                                                                           dict[str, Any]]:
+        """The bundle's decoding with the request's overrides. A raw completion stops only
+        where the request says: the bundle's stop strings belong to its template."""
         base = bundle.sampling
-        stops = list(base.stop) + (list(bundle.template.stop) if template_stops else [])
+        stops = list(base.stop) + list(bundle.template.stop) if rendered else []
         if req.stop is not None:
             stops += [req.stop] if isinstance(req.stop, str) else list(req.stop)
         params = base.replace(
@@ -448,7 +453,7 @@ def create_app(
         max_tokens = check_max_tokens(req.max_completion_tokens
                                       if req.max_completion_tokens is not None else req.max_tokens)
         rendered = await prepare(req.messages, max_tokens, req.icl_system_mode or system_mode)
-        params, extra = params_for(req, max_tokens, template_stops=True)
+        params, extra = params_for(req, max_tokens, rendered=True)
         rid, ts = f"chatcmpl-{uuid.uuid4().hex}", _now()
 
         if not req.stream:
@@ -505,7 +510,7 @@ def create_app(
         if req.stream and len(prompts) > 1:
             raise APIError(400, "prompt: streaming takes one prompt per request", param="prompt")
         max_tokens = check_max_tokens(req.max_tokens)
-        params, extra = params_for(req, max_tokens, template_stops=not req.raw)
+        params, extra = params_for(req, max_tokens, rendered=not req.raw)
         rendered: list[Rendered | None] = []
         texts: list[str] = []
         for i, p in enumerate(prompts):
