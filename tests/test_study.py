@@ -169,6 +169,8 @@ def test_killed_study_resumes_and_retries_the_interrupted_trial(tmp_path, tiny_m
     path = write_config(tmp_path, tiny_model_dir, name="crash",
                         optuna="heartbeat_seconds = 1\nbatch_trials = 1\nn_trials = 4\n"
                                "chunk_size = 1")
+    # a cache of its own: answers cached by earlier tests would finish trials too fast to kill
+    path.write_text(path.read_text().replace("seed = 3", f'seed = 3\ncache = "{tmp_path}/c.db"'))
     cfg = load_config(path)
     log = (tmp_path / "run.log").open("w")
     proc = subprocess.Popen(_cli("study", "run", str(path)), stdout=log, stderr=log, env=_env())

@@ -13,6 +13,12 @@ from icl_search.models import model_fingerprint, resolve_model
 
 DEFAULT_CPU_KV_CACHE_BYTES = 512 * 2**20
 
+# One `vllm.LLM` per (model, settings) per process. vLLM keeps process-global distributed
+# state: a second in-process engine that is garbage-collected tears it down under the first
+# one ("pipeline model parallel group is not initialized"). Sharing also means a judge and a
+# generator on the same model load it once.
+_LLMS: dict[tuple, Any] = {}
+
 
 def _has_gpu() -> bool:
     try:
@@ -70,7 +76,10 @@ class VLLMEngine:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes or DEFAULT_CPU_KV_CACHE_BYTES)
             kwargs["enforce_eager"] = True if enforce_eager is None else enforce_eager
         kwargs.update(llm_kwargs)
-        self.llm = LLM(**kwargs)
+        key = (model_fingerprint(path), *sorted((k, repr(v)) for k, v in kwargs.items()))
+        if key not in _LLMS:
+            _LLMS[key] = LLM(**kwargs)
+        self.llm = _LLMS[key]
         self.model = str(path)
         # the fingerprint keeps caches honest when a folder's weights change
         self.id = f"vllm:{path.resolve()}@{model_fingerprint(path)}"
