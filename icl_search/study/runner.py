@@ -175,6 +175,13 @@ def _count(study: optuna.Study, states) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
+def _spent(study: optuna.Study) -> int:
+    """Trials that use up the budget: finished, running, and failed by the study itself (judge
+    coverage, rules gate). A trial failed by heartbeat is not spent: its retry is."""
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.state in LIVE or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs))
+
+
 def ensure_baseline(study: optuna.Study, cfg: StudyConfig, pool_ids: list[str], url: str) -> None:
     if study.user_attrs.get(BASELINE_ATTR):
         return
@@ -231,7 +238,7 @@ def run_study(
                 say("time budget reached")
                 break
             with ask_lock(study, url):
-                live = _count(study, LIVE)
+                live = _spent(study)
                 room = target - live
                 trials = [study.ask() for _ in range(max(0, min(room, cfg.optuna.batch_trials)))]
                 for t in trials:
@@ -302,6 +309,7 @@ def run_study(
                     t.set_user_attr("fail_reason", fb.gate_failed)
                     study.tell(t, state=TrialState.FAIL)
                     summary.failed += 1
+                    consecutive_fail += 1
                     say(f"trial {t.number}: failed the rules gate ({fb.gate_failed})")
                 else:
                     score = fb.combined if fb is not None else res.overall
@@ -314,11 +322,13 @@ def run_study(
                     say(f"trial {t.number}: score {score:.3f} "
                         f"({specs[i].system_name}, k={specs[i].k}, {specs[i].strategy})")
                 hb.discard(t._trial_id)
-            if consecutive_fail >= max(3, cfg.optuna.batch_trials * 2):
+            if consecutive_fail >= max(3, cfg.optuna.batch_trials * 2) and \
+                    _spent(study) < target:
                 raise StudyError(
-                    f"{consecutive_fail} trials in a row failed the judge's minimum coverage "
-                    f"({cfg.judge.min_coverage:.0%}): check the judge (`icl-search judge score`) "
-                    f"or lower judge.min_coverage in {cfg.source}")
+                    f"{consecutive_fail} trials in a row failed (judge coverage below "
+                    f"{cfg.judge.min_coverage:.0%}, or the rules gate): see their fail_reason in "
+                    f"`icl-search study trials`; check the judge (`icl-search judge score`) or "
+                    f"lower judge.min_coverage in {cfg.source}")
     summary.seconds = time.time() - t_start
     summary.stats = vars(evaluator.stats).copy()
     summary.stats.update(getattr(evaluator, "screen_stats", {}))
