@@ -60,6 +60,9 @@ class PoolSection(_Strict):
     path: str
     embedder: str = "default"
     index_dir: str | None = None
+    sources: list[str] | None = Field(
+        None, min_length=1, description="keep only examples whose `source` is listed "
+        "(e.g. [\"bootstrap\"] for on-policy only); default: every source")
 
 
 class EvalSection(_Strict):
@@ -129,6 +132,40 @@ class OptunaSection(_Strict):
     max_retry: int = Field(2, ge=0, description="retries of a trial failed by heartbeat")
 
 
+class RulesFeedback(_Strict):
+    weight: float = Field(0.5, ge=0)
+    gate: bool = Field(False, description="fail a trial whose pass rate is below min_pass")
+    min_pass: float = Field(1.0, ge=0, le=1)
+    rules: list[Literal["language", "template_leak", "repetition", "length", "over_refusal",
+                        "unsafe_compliance"]] | None = None
+    min_words: int = Field(3, ge=0)
+    max_words: int = Field(600, ge=1)
+    max_repeat_share: float = Field(0.35, gt=0, le=1)
+
+
+class RewardFeedback(_Strict):
+    spec: str = Field(description="reward:PATH (transformers) or reward:vllm:PATH")
+    weight: float = Field(1.0, ge=0)
+    center: float = 0.0
+    scale: float = Field(1.0, gt=0)
+    trust_remote_code: bool = False
+    max_length: int = Field(2048, ge=16)
+
+
+class PairwiseFeedback(_Strict):
+    weight: float = Field(1.0, ge=0)
+    judge: str | None = Field(None, description="judge spec (default: the study's judge)")
+    template: str | None = Field(None, description="pairwise rubric file")
+    margin: float = Field(0.1, ge=0, lt=0.5)
+
+
+class FeedbackSection(_Strict):
+    judge_weight: float = Field(1.0, ge=0, description="weight of the pointwise judge")
+    rules: RulesFeedback | None = None
+    reward: RewardFeedback | None = None
+    pairwise: PairwiseFeedback | None = None
+
+
 class StudyConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
@@ -140,6 +177,7 @@ class StudyConfig(_Strict):
     search: SearchSection
     optuna: OptunaSection = Field(default_factory=OptunaSection)
     template: dict[str, Any] | None = None
+    feedback: FeedbackSection | None = None
     artifacts_dir: str | None = None
     cache: str | None = Field(None, description="cache file (default: the user cache)")
 
@@ -189,6 +227,8 @@ class StudyConfig(_Strict):
             fields.append(("judge.rubric", self.judge.rubric))
         if self.judge.safety_rubric:
             fields.append(("judge.safety_rubric", self.judge.safety_rubric))
+        if self.feedback and self.feedback.pairwise and self.feedback.pairwise.template:
+            fields.append(("feedback.pairwise.template", self.feedback.pairwise.template))
         for name, spec in (("judge.spec", self.judge.spec), ("judge.screen", self.judge.screen)):
             if spec and spec.startswith("distilled:"):
                 fields.append((name, str(Path(spec.split(":", 1)[1]) / "distilled.json")))

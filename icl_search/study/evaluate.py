@@ -35,6 +35,15 @@ class QueryRecord:
     completion_tokens: int
     error: str | None
     judgement: ItemJudgement | None = None
+    feedback: dict[str, Any] | None = None  # source -> detail (icl_search.feedback)
+    feedback_value: float | None = None  # the sources' weighted value, when there are some
+
+    @property
+    def objective(self) -> float | None:
+        """The per-query value the pruner sees: feedback-weighted when configured."""
+        if self.feedback is not None:
+            return self.feedback_value
+        return self.judgement.overall if self.judgement else None
 
     def to_dict(self) -> dict[str, Any]:
         j = self.judgement
@@ -46,6 +55,7 @@ class QueryRecord:
             "error": self.error,
             "scores": j.scores if j else None, "missing": j.missing if j else None,
             "overall": j.overall if j else None, "length_words": j.length_words if j else None,
+            "feedback": self.feedback,
         }
 
 
@@ -94,6 +104,8 @@ class Evaluator:
         index_dir: Path | None = None,
         embedder: str = "default",
         needs_index: bool = True,
+        feedback: Any = None,
+        baseline: TrialSpec | None = None,
     ):
         self.engine = engine
         self.judge = judge
@@ -109,6 +121,11 @@ class Evaluator:
         self._index_dir = index_dir
         self._embedder = embedder
         self._selectors: dict[Any, Any] = {}
+        # Extra feedback sources (icl_search.feedback.Feedback), scored after the judge;
+        # pairwise compares against the answers of the `baseline` context.
+        self.feedback = feedback
+        self.baseline = baseline
+        self._baseline_answers: dict[str, str | None] = {}
         if needs_index:
             self._load_index()
 
@@ -201,4 +218,38 @@ class Evaluator:
         self.stats.judge_cached += result.cache_hits
         self.stats.gen_seconds += t1 - t0
         self.stats.judge_seconds += time.perf_counter() - t1
+        if self.feedback is not None:
+            self.feedback.score_records(
+                flat, queries={q.id: q for q in self.queries},
+                baseline=self.baseline_answers(positions)
+                if getattr(self.feedback, "pairwise", None) is not None else None)
+            for r in flat:
+                r.feedback_value = self.feedback.query_value(r)
         return per_spec
+
+    def baseline_answers(self, positions: Sequence[int]) -> dict[str, str | None]:
+        """The baseline context's answers (query id -> answer), generated once per query."""
+        if self.baseline is None:
+            raise ValueError("pairwise feedback needs the study's baseline context")
+        todo = [p for p in positions if self.queries[p].id not in self._baseline_answers]
+        if todo:
+            feedback, self.feedback = self.feedback, None
+            judge = self.judge
+            try:
+                self.judge = _NoJudge()
+                (rows,) = self.evaluate([self.baseline], todo, keep_prompts=False)
+            finally:
+                self.feedback, self.judge = feedback, judge
+            for r in rows:
+                self._baseline_answers[r.query_id] = r.answer
+        return {self.queries[p].id: self._baseline_answers[self.queries[p].id]
+                for p in positions}
+
+
+class _NoJudge:
+    """Stands in for the judge while the baseline's answers are generated (not judged)."""
+
+    id = "none"
+
+    def score(self, items):
+        return JudgeResult([ItemJudgement(it.id, it.category, {}) for it in items])
