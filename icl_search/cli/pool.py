@@ -180,3 +180,91 @@ def _token_counter(name: str | None):
         return out
 
     return count
+
+
+@pool_app.command("bootstrap")
+def bootstrap_cmd(
+    bundle: Annotated[Path, typer.Option(help="Bundle whose context answers the queries.")],
+    queries: Annotated[Path, typer.Option(help="JSONL of new queries (query, id, category, "
+                                          "optional expect).")],
+    pool: Annotated[Path, typer.Option(help="The existing pool.")],
+    out: Annotated[Path, typer.Option(help="The grown pool to write (.jsonl/.parquet/.csv).")],
+    threshold: Annotated[float, typer.Option(min=1.0, max=5.0, help="Keep answers whose judge "
+                                             "overall score is at least this (1-5).")] = 3.5,
+    judge: Annotated[str, typer.Option(help="Judge spec (see `icl-search judge --help`).")] =
+        "default",
+    model: Annotated[str | None, typer.Option(help="Engine spec or model for the answers "
+                                              "(default: the bundle's model).")] = None,
+    eval_set: Annotated[list[Path] | None, typer.Option(
+        "--eval", help="Evaluation set(s) the new queries must not duplicate.")] = None,
+    max_model_len: Annotated[int | None, typer.Option(help="Context window.")] = 2048,
+    dup_threshold: Annotated[float, typer.Option(help="Near-duplicate cosine (the leakage "
+                                                 "guard's).")] = 0.95,
+    rules: Annotated[bool, typer.Option("--rules/--no-rules", help="Drop answers a rule "
+                                        "check catches before judging.")] = True,
+    report: Annotated[Path | None, typer.Option(help="Also write every candidate with its "
+                                                "fate (JSONL).")] = None,
+) -> None:
+    """Grow a pool on-policy: the base model with the bundle's context answers new queries, the
+    judge keeps those scoring at least --threshold, and they join the pool tagged
+    source=bootstrap (with score, origin and bundle in meta). Queries duplicating the pool or
+    --eval are dropped first."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    from icl_search.bootstrap import bootstrap, grow_pool
+    from icl_search.bundle import Bundle, BundleError
+    from icl_search.cache import Cache
+    from icl_search.engines import CachedEngine, EngineError, make_engine
+    from icl_search.evalset import QueryFileError, load_queries
+    from icl_search.judge import JudgeError, make_judge
+    from icl_search.models import ModelError
+    from icl_search.pool import Pool, PoolError
+
+    if out.suffix.lower() not in POOL_SUFFIXES:
+        _fail(f"--out {out}: unsupported pool format {out.suffix or '(no extension)'!r}: use one "
+              f"of {', '.join(POOL_SUFFIXES)}")
+    try:
+        b = Bundle.load(bundle)
+        existing = Pool.load(pool)
+        qs = load_queries(queries)
+        evals = [q for p in eval_set or [] for q in load_queries(p)]
+    except (BundleError, PoolError, QueryFileError) as exc:
+        _fail(str(exc))
+    spec = model or b.model
+    if not spec.startswith(("vllm:", "openai:")):
+        spec = f"vllm:{spec}"
+    cache = Cache()
+    try:
+        engine = make_engine(spec, max_model_len=max_model_len)
+        # a logprob judge on the answering model reuses its engine instead of loading it twice
+        j = make_judge(judge, cache=cache,
+                       engine=engine if judge in (spec, f"logprob:{spec}") else None)
+    except (EngineError, ModelError, JudgeError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    bar = tqdm(total=3, desc="bootstrap", unit="stage", file=sys.stderr)
+
+    def progress(stage: str, n: int) -> None:
+        bar.set_postfix_str(f"{stage} {n}")
+        bar.update(1)
+
+    try:
+        res = bootstrap(b, qs, existing, engine=CachedEngine(engine, cache), judge=j,
+                        threshold=threshold, eval_queries=evals, dup_threshold=dup_threshold,
+                        rules="default" if rules else None, bundle_ref=str(bundle),
+                        progress=progress)
+    except (EngineError, JudgeError) as exc:
+        bar.close()
+        _fail(str(exc))
+    bar.close()
+    grow_pool(existing, res, out)
+    if report is not None:
+        from dataclasses import asdict
+
+        from icl_search.io import write_jsonl
+
+        write_jsonl(report, (asdict(c) for c in res.candidates))
+    counts = ", ".join(f"{k} {v}" for k, v in res.counts.items() if v)
+    typer.echo(f"wrote {len(existing) + len(res.examples)} examples to {out} "
+               f"({len(res.examples)} bootstrapped of {len(qs)} queries: {counts})")
