@@ -264,3 +264,15 @@ def test_feedback_config_errors_name_the_field(tmp_path, tiny_model_dir):
     path = write_config(tmp_path, tiny_model_dir, feedback='pairwise = {template = "nope.txt"}')
     with pytest.raises(ConfigError, match=r"field 'feedback.pairwise.template': file not found"):
         load_config(path)
+
+
+def test_trials_table_shows_each_source(tmp_path, tiny_model_dir, tiny_engine):
+    from icl_search.study.runner import trials_frame
+
+    path = write_config(tmp_path, tiny_model_dir, name="tab", optuna="n_trials = 1",
+                        feedback="rules = {weight = 1.0}\npairwise = {weight = 1.0}")
+    cfg = load_config(path)
+    run_study(cfg, build_evaluator(cfg, engine=tiny_engine, say=lambda m: None))
+    frame = trials_frame(open_study(cfg))
+    assert {"fb_rules", "fb_pairwise", "fb_combined"} <= set(frame.columns)
+    assert frame["fb_pairwise"][0] == 0.5  # the baseline trial against itself

@@ -521,6 +521,12 @@ def trials_frame(study: optuna.Study):
         }
         for a, m in (t.user_attrs.get("aspects") or {}).items():
             row[a] = m
+        fb = t.user_attrs.get("feedback") or {}
+        for source, v in (fb.get("values") or {}).items():  # each feedback source on its own
+            if source != "judge":
+                row[f"fb_{source}"] = v
+        if fb:
+            row["fb_combined"] = fb.get("combined")
         rows.append(row)
     return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
 
