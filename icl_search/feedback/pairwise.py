@@ -15,7 +15,7 @@ How the judge is read depends on its backend (the same `make_judge` spec as poin
   P(A), P(B) and P(tie) are summed over their spellings ("A", " A", "▁A"...) and over the
   space-then-letter path (as in the pointwise judge); the order prefers A when
   (P(A) + P(tie)/2) / (P(A) + P(B) + P(tie)) exceeds 0.5 + `margin`, B below 0.5 - `margin`.
-- ``sample:`` local engines: the generated word, greedy.
+- ``sample:`` local engines: the generated word, at the judge's temperature.
 - ``dspy:`` chat models: the rubric as one user message, the first A / B / tie in the reply.
 """
 
@@ -228,7 +228,8 @@ class PairwiseJudge:
         from icl_search.engines.base import EngineError, SamplingParams
 
         logprob = b.scoring == "logprob"
-        params = SamplingParams(max_tokens=2 if logprob else 3, temperature=0.0,
+        params = SamplingParams(max_tokens=2 if logprob else 3,
+                                temperature=0.0 if logprob else b.temperature,
                                 repetition_penalty=1.0, logprobs=b.top_k if logprob else None)
         try:
             comps = b.engine.generate(prompts, params)
