@@ -91,6 +91,7 @@ def bootstrap(
     `rules`: a `RuleChecker`, None for no rule checks, or "default" for all rules.
     `progress(stage, n)`: told how many candidates each stage handled.
     """
+    from icl_search.bundle import BundleError
     from icl_search.engines.base import SamplingParams
     from icl_search.index import Embedder
     from icl_search.judge import JudgeItem
@@ -140,7 +141,7 @@ def bootstrap(
         try:
             prompts.append(bundle.prepare(c.query, budget=budget).prompt)
             todo.append(c)
-        except Exception as exc:  # ContextWindowError and friends: this query only
+        except BundleError as exc:  # ContextWindowError and friends: this query only
             c.dropped, c.detail = "too-long", str(exc)
     if prompts:
         outs = engine.generate(prompts, SamplingParams(**{**params.to_dict(),

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -214,11 +214,13 @@ class PairwiseJudge:
         """(verdict, P(first preferred) or None, reason) per prompt."""
         b = self.backend
         if isinstance(b, ChatBackend):
+            from dspy.utils.exceptions import LMError
+
             out = []
             for p in prompts:
                 try:
                     text = b._ask([("user", p)])
-                except Exception as exc:  # transport: a miss for this pair
+                except LMError as exc:  # transport: a miss for this pair
                     out.append((None, None, f"error: {_one_line(exc)[:200]}"))
                     continue
                 m = _WORD.search(text or "")

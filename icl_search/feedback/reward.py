@@ -91,7 +91,7 @@ class RewardScorer:
 
         try:
             fp = model_fingerprint(self.path)
-        except Exception:
+        except (OSError, ValueError):
             fp = "hub"
         return f"reward:{self.runner}:{self.path}@{fp}"
 

@@ -41,19 +41,19 @@ RULES = ("language", "template_leak", "repetition", "length", "over_refusal",
 
 _STOPWORDS = {
     "en": "the and is are of to in that it for you with this be on not or can your what how "
-          "have was will an as by if do from there which".split(),
+          "have was will an as by if do from there which",
     "es": "el la los las de que y en un una es por con para no se lo su como más pero "
-          "del al sus este esta puede".split(),
+          "del al sus este esta puede",
     "fr": "le la les de des que et en un une est pour pas qui dans ce il vous sur avec "
-          "au du sont être cette peut".split(),
+          "au du sont être cette peut",
     "de": "der die das und ist nicht ein eine zu den mit sich auf für von dem ich sie es "
-          "auch wie oder werden kann".split(),
+          "auch wie oder werden kann",
     "it": "il lo la gli le di che e un una è per non con del della sono come anche più "
-          "questo questa può nel alla".split(),
+          "questo questa può nel alla",
     "pt": "o a os as de que e um uma é para não com do da em no na por se mais como "
-          "você pode isso são".split(),
+          "você pode isso são",
 }
-_STOP_SETS = {lang: set(words) for lang, words in _STOPWORDS.items()}
+_STOP_SETS = {lang: set(words.split()) for lang, words in _STOPWORDS.items()}
 _SCRIPTS = (("HANGUL", "ko"), ("HIRAGANA", "ja"), ("KATAKANA", "ja"), ("CJK", "zh"),
             ("CYRILLIC", "cyrillic"), ("GREEK", "el"), ("ARABIC", "ar"), ("HEBREW", "he"),
             ("DEVANAGARI", "hi"), ("THAI", "th"), ("LATIN", "latin"))
