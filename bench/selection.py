@@ -1,0 +1,390 @@
+"""Selection benchmark: per-query latency (embed, search, render), batch throughput and recall at
+1k / 10k / 100k examples, side by side with DSPy's kNN demo retrieval (`dspy.KNN`).
+
+Texts and vectors. A base set of real texts is embedded with the default embedder
+(all-MiniLM-L6-v2): the just-eval dev instructions (read from `../shared/data/just-eval/` at run
+time, when present) minus the held-out ones, plus `--base` synthetic questions from
+`bench/index.py`'s generator. That embedding step is timed on its own (items/s). A pool of N
+examples takes the base vectors first and, past them, perturbed copies: a base vector plus
+Gaussian noise (sigma `--noise` per dimension), renormalised, whose text is the base text with
+" (variant i)" appended and whose answer is a generated URIAL-style answer. The vectors enter
+the pool through the embedding cache, so `PoolIndex.build(kind="auto")` runs unchanged (exact
+`IndexFlatIP` up to 50k examples, HNSW M=32 above). Queries are held-out just-eval
+instructions plus held-out synthetic questions, embedded by the real model, never in the pool.
+
+Measured per pool size, with one uncached embedder (`--threads` torch threads):
+- per query, kNN k=8: embedding the query, `Selector.select` with that vector (FAISS search +
+  leakage guard), `Template.render`; p50/p99 of each and of the sum;
+- batch: `Selector.select_many` on all queries, end to end (embedding included, then rendered)
+  and with the query vectors given;
+- the search step alone, query vectors precomputed: ours (`PoolIndex.search_vectors`) against
+  `dspy.KNN`, built over the same vectors (its vectorizer is a `dspy.Embedder` whose callable
+  looks up our precomputed vector for each text KNN embeds, "query: <text>"). DSPy searches by
+  numpy brute force: `np.dot` of all trainset vectors with the query, then a full `argsort`.
+  Its search step is timed as exactly those two lines of `KNN.__call__`; the whole
+  `knn(query=...)` call (vector lookup, Example list) is timed too. numpy runs on its BLAS
+  threads as configured; our lone-query search is single-threaded (`PoolIndex.search_vectors`);
+- recall@8 of our index against exact search over the same vectors.
+
+HNSW recall@k on real embeddings alone (pool = the embedded base set, no perturbed copies) is
+measured separately. Prints two tables and writes `bench/results/selection.json`.
+
+    .venv/bin/python bench/selection.py --threads 1
+    .venv/bin/python bench/selection.py --sizes 1000,10000 --base 1000   # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import faiss
+
+from icl_search.index import AUTO_HNSW_THRESHOLD, Embedder, EmbeddingCache, PoolIndex
+from icl_search.io import write_json
+from icl_search.pool import Example, Pool
+from icl_search.prompt import DEFAULT_TEMPLATE
+from icl_search.selection import SelectionConfig, Selector, normalize_text
+
+
+def _load_index_bench():
+    # bench/ is not a package: load bench/index.py under its own name to reuse its helpers.
+    spec = importlib.util.spec_from_file_location("bench_index", Path(__file__).with_name("index.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_ib = _load_index_bench()
+synthetic_texts, percentiles, real_queries, recall = (
+    _ib.synthetic_texts, _ib.percentiles, _ib.real_queries, _ib.recall)
+
+RESULTS = Path(__file__).resolve().parent / "results" / "selection.json"
+SYSTEM_FILE = ROOT / "pools" / "system_prompts" / "urial_style.txt"
+
+_SUMMARIES = ["start small and check each step", "the cheapest fix is usually the right first one",
+              "safety first, then speed", "write down what worked so you can repeat it"]
+_STEPS = ["Check what you already have and what is missing.",
+          "Pick the simplest option that meets your needs.",
+          "Try it once on a small scale before committing.",
+          "Keep notes on what changes and why.",
+          "Ask someone experienced if a step feels risky.",
+          "Review the result after a week and adjust."]
+
+
+def answer_for(query: str, rng: random.Random) -> str:
+    """A URIAL-style answer of a few hundred characters: thanks, numbered steps, summary."""
+    steps = rng.sample(_STEPS, rng.randint(3, 5))
+    body = "\n".join(f"{i}. {s}" for i, s in enumerate(steps, 1))
+    return (f"Thanks for the question! Here is a practical way to approach it.\n\n{body}\n\n"
+            f"In summary: {rng.choice(_SUMMARIES)}. (Question: {query})")
+
+
+def build_pool(n: int, base_texts: list[str], base_vecs: np.ndarray, noise: float, seed: int
+               ) -> tuple[Pool, np.ndarray]:
+    """`n` examples: the base vectors first, then perturbed copies of randomly chosen ones."""
+    rng = np.random.default_rng(seed)
+    pyrng = random.Random(seed)
+    m = min(n, len(base_texts))
+    texts = list(base_texts[:m])
+    vecs = [base_vecs[:m]]
+    extra = n - m
+    if extra > 0:
+        origin = rng.integers(0, len(base_texts), size=extra)
+        v = base_vecs[origin] + rng.normal(0.0, noise, size=(extra, base_vecs.shape[1]))
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        vecs.append(v.astype(np.float32))
+        texts += [f"{base_texts[o]} (variant {m + i})" for i, o in enumerate(origin)]
+    examples = [Example(id=f"p{i}", query=t, answer=answer_for(t, pyrng), category="synthetic",
+                        source="bench") for i, t in enumerate(texts)]
+    return Pool(examples), np.ascontiguousarray(np.concatenate(vecs), dtype=np.float32)
+
+
+def index_from_vectors(pool: Pool, vecs: np.ndarray, embedder_id: str, tmp: Path,
+                       ef_construction: int | None) -> tuple[PoolIndex, float]:
+    """`PoolIndex.build(kind="auto")` with the pool's vectors served from a prefilled cache."""
+    cache = EmbeddingCache(tmp / f"emb-{len(pool)}.sqlite3")
+    cache.set_dim(embedder_id, vecs.shape[1])
+    cache.put_many((EmbeddingCache.key(embedder_id, e.query), v)
+                   for e, v in zip(pool.examples, vecs))
+    cached = Embedder(cache=cache)
+    params = {} if ef_construction is None else {"ef_construction": ef_construction}
+    t = time.perf_counter()
+    built = PoolIndex.build(pool, cached, "auto", **params)
+    build_s = time.perf_counter() - t
+    assert cached.stats["encoded"] == 0, "the pool's vectors should all come from the cache"
+    cache.close()
+    return built, build_s
+
+
+def timed(fn, items) -> tuple[list[float], list]:
+    times, out = [], []
+    for x in items:
+        t = time.perf_counter()
+        out.append(fn(x))
+        times.append(time.perf_counter() - t)
+    return times, out
+
+
+def stats(seconds: list[float]) -> dict[str, float]:
+    p50, p99 = percentiles(seconds)
+    return {"p50_ms": p50, "p99_ms": p99, "mean_ms": float(np.mean(seconds) * 1e3)}
+
+
+def dspy_knn(pool: Pool, vecs: np.ndarray, queries: list[str], qv: np.ndarray, k: int):
+    """A `dspy.KNN` over the pool whose vectorizer returns our precomputed vectors."""
+    import dspy
+
+    lookup = {f"query: {e.query}": v for e, v in zip(pool.examples, vecs)}
+    lookup.update({f"query: {q}": v for q, v in zip(queries, qv)})
+    vectorizer = dspy.Embedder(lambda batch: np.stack([lookup[s] for s in batch]),
+                               caching=False, batch_size=len(lookup))
+    trainset = [dspy.Example(query=e.query, answer=e.answer).with_inputs("query")
+                for e in pool.examples]
+    t = time.perf_counter()
+    knn = dspy.KNN(k=k, trainset=trainset, vectorizer=vectorizer)
+    build_s = time.perf_counter() - t
+    assert np.array_equal(knn.trainset_vectors, vecs), "dspy.KNN should hold exactly our vectors"
+    return knn, build_s
+
+
+def dspy_search(knn, qvec: np.ndarray) -> np.ndarray:
+    """The search lines of `dspy.KNN.__call__` (dspy 3.4), after the query is embedded."""
+    scores = np.dot(knn.trainset_vectors, qvec[None, :].T).squeeze()
+    return scores.argsort()[-knn.k:][::-1]
+
+
+def bench_size(n: int, args, base_texts, base_vecs, queries, qv, embedder, system, tmp) -> dict:
+    k = args.k
+    pool, vecs = build_pool(n, base_texts, base_vecs, args.noise, args.seed + n)
+    built, build_s = index_from_vectors(pool, vecs, embedder.id, tmp, args.ef_construction)
+    ours = PoolIndex(pool, embedder, built.index, built.kind, built.hnsw)  # uncached query side
+    sel = Selector(ours, SelectionConfig(strategy="knn", k=k))
+    exact = built.index if built.kind == "flat" else faiss.IndexFlatIP(vecs.shape[1])
+    if built.kind != "flat":
+        exact.add(vecs)
+    exact_index = PoolIndex(pool, embedder, exact, "flat")
+
+    for q, v in zip(queries[:5], qv[:5]):  # warm-up: first searches touch cold memory
+        sel.select(q, vector=v)
+        exact_index.search_vectors(v, k)
+
+    # Per-query selection, one query at a time, as a server sees it.
+    lat = {"embed": [], "select": [], "render": [], "total": []}
+    for q in queries[:args.latency_queries]:
+        t0 = time.perf_counter()
+        v = embedder.encode(q)
+        t1 = time.perf_counter()
+        shots = sel.select(q, vector=v)
+        t2 = time.perf_counter()
+        DEFAULT_TEMPLATE.render(system, shots, q)
+        t3 = time.perf_counter()
+        for part, s in (("embed", t1 - t0), ("select", t2 - t1), ("render", t3 - t2),
+                        ("total", t3 - t0)):
+            lat[part].append(s)
+
+    # The search step alone, query vectors precomputed.
+    ours_t, ours_rows = timed(lambda v: ours.search_vectors(v, k)[1][0], qv)
+    exact_t, exact_rows = timed(lambda v: exact_index.search_vectors(v, k)[1][0], qv)
+    knn, dspy_build_s = dspy_knn(pool, vecs, queries, qv, k)
+    dspy_search(knn, qv[0])
+    dspy_t, dspy_rows = timed(lambda v: dspy_search(knn, v), qv)
+    call_t, call_out = timed(lambda q: knn(query=q), queries)
+    ours_rows, exact_rows, dspy_rows = map(np.array, (ours_rows, exact_rows, dspy_rows))
+    pos = {id(ex): i for i, ex in enumerate(knn.trainset)}
+    call_rows = np.array([[pos[id(ex)] for ex in out] for out in call_out])
+
+    # Batch: all queries at once.
+    t = time.perf_counter()
+    picked = sel.select_many(queries)
+    for q, shots in zip(queries, picked):
+        DEFAULT_TEMPLATE.render(system, shots, q)
+    e2e = time.perf_counter() - t
+    select_only = []
+    for _ in range(3):
+        t = time.perf_counter()
+        sel.select_many(queries, vectors=qv)
+        select_only.append(time.perf_counter() - t)
+
+    row = {
+        "pool_size": n, "index": built.kind, "hnsw": built.hnsw, "index_build_s": build_s,
+        "perturbed_copies": max(0, n - len(base_texts)),
+        "latency": {part: stats(s) for part, s in lat.items()},
+        "latency_queries": len(lat["total"]),
+        "batch": {"queries": len(queries),
+                  "end_to_end_qps": len(queries) / e2e,
+                  "select_given_vectors_qps": len(queries) / float(np.median(select_only))},
+        "search": {"ours": stats(ours_t), "exact_flat": stats(exact_t),
+                   "dspy_knn_search": stats(dspy_t), "dspy_knn_call": stats(call_t)},
+        "dspy_knn_build_s": dspy_build_s,
+        f"recall_at_{k}": recall(ours_rows, exact_rows),
+        f"dspy_recall_at_{k}": recall(dspy_rows, exact_rows),
+        f"dspy_call_recall_at_{k}": recall(call_rows, exact_rows),
+    }
+    s = row["search"]
+    row["speedup_vs_dspy_p50"] = s["dspy_knn_search"]["p50_ms"] / s["ours"]["p50_ms"]
+    row["speedup_vs_dspy_mean"] = s["dspy_knn_search"]["mean_ms"] / s["ours"]["mean_ms"]
+    return row
+
+
+def real_recall(base_texts, base_vecs, queries, qv, n_real_q, embedder_id, tmp,
+                ef_construction) -> dict:
+    """HNSW (PoolIndex.build defaults) vs exact search on the model's own embeddings."""
+    pool = Pool([Example(id=f"b{i}", query=t, answer="-") for i, t in enumerate(base_texts)])
+    cache = EmbeddingCache(tmp / "emb-real.sqlite3")
+    cache.set_dim(embedder_id, base_vecs.shape[1])
+    cache.put_many((EmbeddingCache.key(embedder_id, t), v) for t, v in zip(base_texts, base_vecs))
+    cached = Embedder(cache=cache)
+    params = {} if ef_construction is None else {"ef_construction": ef_construction}
+    hnsw = PoolIndex.build(pool, cached, "hnsw", **params)
+    flat = PoolIndex.build(pool, cached, "flat")
+    out = {"pool": len(pool), "queries": len(queries), "hnsw": hnsw.hnsw, "recall_at": {}}
+    for k in (1, 4, 8, 16):
+        exact = flat.search_vectors(qv, k)[1]
+        got = hnsw.search_vectors(qv, k)[1]
+        out["recall_at"][str(k)] = recall(got, exact)
+        if k == 8 and n_real_q:
+            out["recall_at_8_just_eval_queries"] = recall(got[:n_real_q], exact[:n_real_q])
+    cache.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1000,10000,100000", help="pool sizes, comma-separated")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for embedding (default: torch's own)")
+    ap.add_argument("--base", type=int, default=6000,
+                    help="synthetic texts embedded for the base set (plus just-eval)")
+    ap.add_argument("--queries", type=int, default=256, help="held-out queries")
+    ap.add_argument("--latency-queries", type=int, default=128,
+                    help="queries timed one by one through embed + select + render")
+    ap.add_argument("--real-queries", type=int, default=200,
+                    help="just-eval instructions held out as queries (the rest join the base)")
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--noise", type=float, default=0.03,
+                    help="per-dimension sigma of the perturbation that makes copies")
+    ap.add_argument("--ef-construction", type=int, default=None,
+                    help="HNSW efConstruction (default: PoolIndex.build's)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    started = time.perf_counter()
+
+    rng = random.Random(args.seed)
+    real = list(dict.fromkeys(real_queries()))
+    rng.shuffle(real)
+    real_q = real[:min(args.real_queries, args.queries, len(real) // 2)]
+    real_base = real[len(real_q):]
+    syn = synthetic_texts(args.base + args.queries, seed=args.seed)
+    queries = real_q + syn[args.base:args.base + args.queries - len(real_q)]
+    held = {normalize_text(q) for q in queries}
+    base_texts = [t for t in real_base + syn[:args.base] if normalize_text(t) not in held]
+    rng.shuffle(base_texts)  # so a small pool mixes real instructions and synthetic questions
+    system = SYSTEM_FILE.read_text(encoding="utf-8") if SYSTEM_FILE.is_file() else ""
+
+    embedder = Embedder(cache=False, threads=args.threads)
+    embedder.encode(["warm-up"])  # model load is not embedding speed
+    t = time.perf_counter()
+    base_vecs = embedder.encode(base_texts)
+    embed_s = time.perf_counter() - t
+    qv = embedder.encode(queries)
+    print(f"embedded {len(base_texts):,} base texts in {embed_s:.1f} s "
+          f"({len(base_texts) / embed_s:,.0f} items/s, torch threads {args.threads or 'default'})",
+          flush=True)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        real_rec = real_recall(base_texts, base_vecs, queries, qv, len(real_q), embedder.id, tmp,
+                               args.ef_construction)
+        print(f"HNSW recall on real embeddings ({real_rec['pool']:,} pool, {len(queries)} "
+              f"queries): {real_rec['recall_at']}", flush=True)
+        for n in sizes:
+            t = time.perf_counter()
+            rows.append(bench_size(n, args, base_texts, base_vecs, queries, qv, embedder,
+                                   system, tmp))
+            gc.collect()  # free one pool's indexes before building the next
+            print(f"pool {n:,}: done in {time.perf_counter() - t:.0f} s", flush=True)
+
+    # How far a perturbed copy sits from its origin (cosine), for the record.
+    probe = np.random.default_rng(args.seed).normal(0.0, args.noise, size=(1000, base_vecs.shape[1]))
+    b = base_vecs[:1000] if len(base_vecs) >= 1000 else base_vecs[np.arange(1000) % len(base_vecs)]
+    p = b + probe
+    cos_origin = float(np.mean(np.sum(p * b, axis=1) / np.linalg.norm(p, axis=1)))
+    import dspy
+
+    k = args.k
+    result = {
+        "command": "python bench/selection.py " + " ".join(sys.argv[1:]),
+        "embedder": embedder.id, "dim": int(base_vecs.shape[1]), "k": k,
+        "strategy": "knn", "queries": len(queries), "just_eval_queries": len(real_q),
+        "pool_construction": {
+            "base_texts": len(base_texts), "just_eval_in_base": len(real_base),
+            "synthetic_in_base": len(base_texts) - len(real_base),
+            "copies": "base vector + N(0, noise^2) per dimension, renormalised; text + ' (variant i)'",
+            "noise": args.noise, "mean_cos_copy_to_origin": cos_origin,
+            "index": f"PoolIndex.build(kind='auto'): flat up to {AUTO_HNSW_THRESHOLD:,}, HNSW above",
+        },
+        "embedding": {"texts": len(base_texts), "items_per_s": len(base_texts) / embed_s,
+                      "torch_threads": args.threads or "default"},
+        "hnsw_recall_real_embeddings": real_rec,
+        "dspy": {"version": dspy.__version__, "retriever": "dspy.KNN",
+                 "search": "np.dot(trainset_vectors, q.T) then full argsort (numpy brute force)",
+                 "vectorizer": "dspy.Embedder(callable returning our precomputed vectors)"},
+        "sizes": rows,
+        "wall_s": time.perf_counter() - started,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "faiss_threads": faiss.omp_get_max_threads(),
+                    "load_avg_1m": os.getloadavg()[0]},
+    }
+
+    def pp(d: dict) -> str:
+        return f"{d['p50_ms']:.2f}/{d['p99_ms']:.1f}"
+
+    print(f"\nselection, kNN k={k}, p50/p99 ms over {rows[0]['latency_queries'] if rows else 0} "
+          f"queries one at a time; batch = select_many on {len(queries)} queries")
+    print(f"{'pool':>8} {'index':>6} {'embed':>12} {'select':>12} {'render':>12} {'total':>12}"
+          f" {'batch q/s':>10} {'given vecs':>11}")
+    for r in rows:
+        lat = r["latency"]
+        print(f"{r['pool_size']:>8,} {r['index']:>6} {pp(lat['embed']):>12} {pp(lat['select']):>12}"
+              f" {pp(lat['render']):>12} {pp(lat['total']):>12}"
+              f" {r['batch']['end_to_end_qps']:>10,.0f} {r['batch']['select_given_vectors_qps']:>11,.0f}")
+    print(f"\nsearch step only (query vectors precomputed), p50/p99 ms over {len(queries)} queries")
+    print(f"{'pool':>8} {'ours':>14} {'exact flat':>12} {'dspy.KNN':>12} {'KNN call':>12}"
+          f" {'x p50':>7} {'x mean':>7} {'recall@' + str(k):>9} {'dspy r@' + str(k):>9}")
+    for r in rows:
+        s = r["search"]
+        ours = f"{pp(s['ours'])} {r['index'][0]}"
+        print(f"{r['pool_size']:>8,} {ours:>14} {pp(s['exact_flat']):>12}"
+              f" {pp(s['dspy_knn_search']):>12} {pp(s['dspy_knn_call']):>12}"
+              f" {r['speedup_vs_dspy_p50']:>7.1f} {r['speedup_vs_dspy_mean']:>7.1f}"
+              f" {r[f'recall_at_{k}']:>9.3f} {r[f'dspy_recall_at_{k}']:>9.3f}")
+    print("(ours: f = exact IndexFlatIP, h = HNSW; x = dspy.KNN search time / ours; recall vs "
+          "exact search over the same vectors)")
+    write_json(args.out, result)
+    print(f"\nwrote {args.out} ({result['wall_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
