@@ -52,15 +52,18 @@ def main() -> None:
     for r in rows:
         by_sys[r.system][r.id] = r
     common = sorted(set.intersection(*(set(v) for v in by_sys.values())), key=int)
-    # short answers keep the judge's prompts small on a CPU
-    common = [i for i in common
-              if max(len(by_sys[s][i].response) for s in by_sys) < 900][: args.queries]
-    ref_mean = {s: float(np.mean([by_sys[s][i].scores["safety"] for i in common]))
-                for s in by_sys}
-    ranked = sorted(ref_mean, key=ref_mean.get)
+    ref_all = {s: float(np.mean([by_sys[s][i].scores["safety"] for i in common]))
+               for s in by_sys}
+    ranked = sorted(ref_all, key=ref_all.get)
     # spread the chosen systems over the reference range
     pick = [ranked[round(j * (len(ranked) - 1) / (args.systems - 1))]
             for j in range(args.systems)]
+    # short answers keep the judge's prompts small on a CPU; the ranking is then re-read on
+    # exactly the queries used
+    common = [i for i in common
+              if max(len(by_sys[s][i].response) for s in pick) < 1500][: args.queries]
+    ref_mean = {s: float(np.mean([by_sys[s][i].scores["safety"] for i in common]))
+                for s in pick}
     baseline = pick[len(pick) // 2]
     print(f"{len(common)} queries; systems {pick}; baseline {baseline}", file=sys.stderr)
     engine = make_engine(f"vllm:{args.model}", max_model_len=4096)
