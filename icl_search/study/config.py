@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -251,10 +252,14 @@ def _format_error(source: Path | str, exc: ValidationError) -> str:
             parent = e["loc"][:-1]
             model = StudyConfig
             for part in parent:
-                if isinstance(part, int):
+                if isinstance(part, int) or part not in model.model_fields:
                     continue
                 ann = model.model_fields[part].annotation
-                model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else model
+                # unwrap `X | None` and similar to the model class inside
+                inner = [a for a in (typing.get_args(ann) or (ann,))
+                         if isinstance(a, type) and issubclass(a, BaseModel)]
+                if inner:
+                    model = inner[0]
             msg = f"unknown field; accepted fields: {', '.join(sorted(model.model_fields))}"
         elif e["type"] == "missing":
             msg = "required field is missing"
