@@ -105,8 +105,18 @@ class Template:
             i = text.find(s)
             if i != -1:
                 cut = min(cut, i)
-        out = text[:cut].strip()
         f = self.fence
+        # The answer block's own closing fence (the first fence that leaves an odd count, i.e.
+        # not one inside a code block of the answer) ends the answer when a new top-level
+        # heading follows it: base models go on with "# Explanation:" and the like.
+        pos = 0
+        while (i := text.find("\n" + f + "\n", pos, cut)) != -1:
+            end = i + len(f) + 2
+            if text[:i + 1 + len(f)].count(f) % 2 == 1 and text[end:].lstrip("\n").startswith("# "):
+                cut = i
+                break
+            pos = end - 1
+        out = text[:cut].strip()
         if out.startswith(f + "\n") or out == f:
             out = out[len(f):].lstrip("\n")
         if out.endswith(f) and out.count(f) % 2 == 1:

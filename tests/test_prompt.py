@@ -34,6 +34,10 @@ def test_clean_cuts_at_stop_and_strips_the_answer_fence():
     code = "Use this:\n```python\nprint(1)\n```\n```"
     assert t.clean(code) == "Use this:\n```python\nprint(1)\n```"
     assert t.clean("```\nleading fence\n```") == "leading fence"
+    # a closed answer block followed by a new heading: the model has moved on
+    assert t.clean("Count them:\n```\n\n# Explanation:\nThe first line") == "Count them:"
+    kept = "Run:\n```bash\nls\n```\n\n# not a heading after a code block"
+    assert t.clean(kept + "\n```\n\n# Explanation: x") == kept
 
 
 def test_budget_drops_farthest_examples_first():
