@@ -269,7 +269,8 @@ def run_study(
                 recs = evaluator.evaluate([specs[i] for i in active], positions)
                 for i, rows in zip(list(active), recs):
                     evals[i].records.extend(rows)
-                    if _report(trials[i], cfg, rows, evals[i], start // chunk):
+                    last = start + chunk >= n_queries  # fully evaluated: complete, not prune
+                    if _report(trials[i], cfg, rows, evals[i], start // chunk) and not last:
                         pruned.add(i)
                         active.remove(i)
                 if not active:
@@ -506,7 +507,10 @@ def trials_frame(study: optuna.Study):
         spec = t.user_attrs.get("spec", {})
         row = {
             "number": t.number, "state": t.state.name,
-            "score": t.values[0] if t.values else None,
+            # a pruned trial's stored value is its last per-query report: not a score
+            "score": t.values[0] if t.values and t.state != TrialState.PRUNED else None,
+            "partial": (sum(t.intermediate_values.values()) / len(t.intermediate_values)
+                        if t.state == TrialState.PRUNED and t.intermediate_values else None),
             "role": t.user_attrs.get("role", ""),
             "system": spec.get("system_name"), "k": spec.get("k"),
             "strategy": spec.get("strategy"),
