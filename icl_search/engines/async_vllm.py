@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from icl_search.engines.base import EngineError, SamplingParams
-from icl_search.engines.vllm import DEFAULT_CPU_KV_CACHE_BYTES, _has_gpu
+from icl_search.engines.vllm import VLLM_MISSING, _has_gpu, engine_args
 from icl_search.models import resolve_model
 
 
@@ -63,23 +63,15 @@ class AsyncVLLMEngine:
         self.id = f"vllm:{self.path.resolve()}"
         gpu = _has_gpu()
         self.device = "cuda" if gpu else "cpu"
-        kwargs: dict[str, Any] = {
-            "model": self.model, "enable_prefix_caching": enable_prefix_caching, "seed": seed,
-            "dtype": dtype, "disable_log_stats": True,
-        }
-        if max_model_len:
-            kwargs["max_model_len"] = int(max_model_len)
+        kwargs = engine_args(
+            self.path, gpu=gpu, max_model_len=max_model_len,
+            kv_cache_memory_bytes=kv_cache_memory_bytes,
+            enable_prefix_caching=enable_prefix_caching, enforce_eager=enforce_eager,
+            gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, seed=seed,
+        )
+        kwargs["disable_log_stats"] = True
         if max_num_seqs:
             kwargs["max_num_seqs"] = int(max_num_seqs)
-        if gpu:
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-            if kv_cache_memory_bytes:
-                kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes)
-            kwargs["enforce_eager"] = bool(enforce_eager)
-        else:
-            # Unbounded, vLLM's CPU backend reserves most of the machine's RAM for KV blocks.
-            kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes or DEFAULT_CPU_KV_CACHE_BYTES)
-            kwargs["enforce_eager"] = True if enforce_eager is None else enforce_eager
         kwargs.update(engine_kwargs)
         self._kwargs = kwargs
         self._llm: Any = None
@@ -98,10 +90,7 @@ class AsyncVLLMEngine:
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM
         except ImportError as exc:
-            raise EngineError(
-                "vLLM is not installed: `pip install icl-search[cpu]` (no GPU) or "
-                f"`pip install icl-search[gpu]` ({exc})"
-            ) from None
+            raise EngineError(f"{VLLM_MISSING} ({exc})") from None
         self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**self._kwargs))
         self.tokenizer = self._llm.get_tokenizer()
         self.context_window = int(self._llm.model_config.max_model_len)

