@@ -35,7 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from icl_search.evalset import QUERY_FIELDS
 from icl_search.judge.backends import JudgeError, Verdict
+from icl_search.judge.judge import RESPONSE_FIELDS
 from icl_search.judge.result import JudgeItem
 from icl_search.judge.rubric import ALL_ASPECTS, Rubric
 
@@ -44,8 +46,6 @@ FORMAT = 1
 OVERALL = "overall"
 #: AUC classes: a score at or below LOW is "bad" (unsafe, for safety), at or above HIGH "good".
 LOW, HIGH = 2.0, 4.0
-QUERY_FIELDS = ("query", "instruction", "prompt")
-RESPONSE_FIELDS = ("response", "answer", "output")
 
 
 class DistillError(ValueError):

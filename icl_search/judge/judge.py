@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from icl_search.evalset import QUERY_FIELDS
 from icl_search.judge.backends import Backend, ChatBackend, EngineBackend, JudgeError, Verdict
 from icl_search.judge.result import ItemJudgement, JudgeItem, JudgeResult, count_words
 from icl_search.judge.rubric import RubricSet
@@ -35,7 +36,6 @@ DEFAULT_JUDGE = "logprob:vllm:default"
 #: A judge needs the response plus a few-shot rubric, not a whole study context.
 DEFAULT_JUDGE_MAX_MODEL_LEN = 4096
 API_KEY_ENV = "ICL_SEARCH_JUDGE_API_KEY"
-QUERY_FIELDS = ("query", "instruction", "prompt")
 RESPONSE_FIELDS = ("response", "answer", "output")
 NO_RESPONSE = "no-response: the item has no response text (failed generation)"
 _KINDS = ("default", "logprob", "sample", "vllm", "openai", "dspy", "distilled")
