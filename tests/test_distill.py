@@ -22,10 +22,10 @@ from icl_search.judge.distill import (
     reference_records,
     split_by_query,
 )
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import SHARED_DATA
+from tests.test_study import write_config as study_config
 
 runner = CliRunner()
-POOLS = REPO / "pools"
 GOOD = "Sure. Here is a clear, complete answer with the steps, an example and a short summary."
 BAD = "no idea lol"
 
@@ -223,39 +223,8 @@ def test_reference_records_join_outputs_and_instructions():
 
 # -- screening in a study -----------------------------------------------------------------------
 def write_config(tmp: Path, model: Path, name: str, judge_extra: str) -> Path:
-    text = f"""
-name = "{name}"
-seed = 3
-[model]
-engine = "vllm:{model}"
-max_model_len = 1024
-[judge]
-spec = "logprob:vllm:{model}"
-min_coverage = 0.0
-{judge_extra}
-[pool]
-path = "{POOLS / 'default.jsonl'}"
-[eval]
-path = "{POOLS / 'eval' / 'dev.jsonl'}"
-limit = 6
-[decoding]
-max_tokens = 8
-[search]
-system_prompts = ["{POOLS / 'system_prompts' / 'urial_style.txt'}",
-                  "{POOLS / 'system_prompts' / 'concise.txt'}"]
-k = [0, 2]
-strategies = ["fixed"]
-[search.baseline]
-example_ids = ["factual-001", "advice-001"]
-[optuna]
-n_trials = 6
-batch_trials = 3
-chunk_size = 3
-pruner = "none"
-"""
-    path = tmp / f"{name}.toml"
-    path.write_text(text)
-    return path
+    return study_config(tmp, model, name=name, judge=judge_extra, search='strategies = ["fixed"]',
+                        optuna='n_trials = 6\npruner = "none"')
 
 
 @pytest.fixture(scope="module")

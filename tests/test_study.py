@@ -31,7 +31,11 @@ POOLS = REPO / "pools"
 
 
 def write_config(tmp: Path, model: Path, name: str = "t", **sections: str) -> Path:
+    """A tiny study config; `optuna=` lines replace the defaults below, `judge=` and `search=`
+    lines are added to those sections, other keyword arguments become sections of their own."""
     optuna_extra = sections.pop("optuna", "")
+    judge_extra = sections.pop("judge", "")
+    search_extra = sections.pop("search", "")
     text = f"""
 name = "{name}"
 seed = 3
@@ -41,6 +45,7 @@ max_model_len = 1024
 [judge]
 spec = "logprob:vllm:{model}"
 min_coverage = 0.0
+{judge_extra}
 [pool]
 path = "{POOLS / 'default.jsonl'}"
 [eval]
@@ -52,6 +57,7 @@ max_tokens = 8
 system_prompts = ["{POOLS / 'system_prompts' / 'urial_style.txt'}",
                   "{POOLS / 'system_prompts' / 'concise.txt'}"]
 k = [0, 2]
+{search_extra}
 [search.baseline]
 example_ids = ["factual-001", "advice-001"]
 [optuna]
