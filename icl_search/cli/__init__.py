@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import NoReturn
 
 import typer
 
@@ -15,6 +16,18 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+def fail(msg: str, code: int = 2) -> NoReturn:
+    """The one way a command ends on a user's mistake: `error: <msg>` on stderr, exit `code`.
+    The message is escaped: paths and field lists often contain `[...]`, which rich would
+    otherwise take for markup."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(msg)}", highlight=False,
+                               soft_wrap=True)
+    raise typer.Exit(code)
+
 
 app = typer.Typer(
     name="icl-search",

@@ -8,14 +8,11 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from icl_search.cli import app
+from icl_search.cli import app, fail
 
 err = Console(stderr=True)
 
 
-def fail(msg: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 @app.command("export")

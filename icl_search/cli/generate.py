@@ -10,16 +10,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from icl_search.cli import app
+from icl_search.cli import app, fail
 
 models_app = typer.Typer(help="Prepare and list local base models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 err = Console(stderr=True)
 
 
-def fail(msg: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 @models_app.command("prepare")

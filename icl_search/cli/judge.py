@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from icl_search.cli import app
+from icl_search.cli import app, fail
 
 judge_app = typer.Typer(help="Score answers with the LLM judge; measure its agreement with a "
                         "reference judge.", no_args_is_help=True)
@@ -29,9 +29,6 @@ def _out() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=160)
 
 
-def fail(msg: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _fmt(x: Any, digits: int = 2) -> str:

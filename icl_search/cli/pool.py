@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from icl_search.cli import app
+from icl_search.cli import fail as _fail
 from icl_search.pool import IMPORT_FORMATS, POOL_SUFFIXES
 
 pool_app = typer.Typer(help="Check, import and describe example pools.", no_args_is_help=True)
@@ -24,9 +25,6 @@ _out = Console()
 ImportFormat = StrEnum("ImportFormat", {f: f for f in IMPORT_FORMATS})
 
 
-def _fail(msg: str) -> NoReturn:
-    _err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def _warn(msg: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from icl_search.cli import app
+from icl_search.cli import fail as _fail
 from icl_search.selection import ORDERS, STRATEGIES
 
 _err = Console(stderr=True)
@@ -30,9 +31,6 @@ _OPTION_OF = {"fixed_ids": "--fixed", "k": "--k", "mmr_lambda": "--lambda",
               "dup_threshold": "--dup-threshold", "order": "--order"}
 
 
-def _fail(msg: str) -> NoReturn:
-    _err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def _note(msg: str) -> None:

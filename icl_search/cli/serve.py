@@ -5,13 +5,14 @@ from __future__ import annotations
 import ipaddress
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from icl_search.cli import app
+from icl_search.cli import fail as _fail
 
 _err = Console(stderr=True)
 
@@ -21,9 +22,6 @@ class SystemModeName(StrEnum):
     replace = "replace"
 
 
-def _fail(msg: str) -> NoReturn:
-    _err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def _note(msg: str) -> None:

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from icl_search.cli import app
+from icl_search.cli import app, fail
 
 study_app = typer.Typer(help="Search for the best URIAL context with an Optuna study.",
                         no_args_is_help=True)
@@ -17,9 +17,6 @@ app.add_typer(study_app, name="study")
 err = Console(stderr=True)
 
 
-def fail(msg: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _config(path: Path, **overrides):
