@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import IclSearchError
+from .io import read_jsonl_objects
+
 QUERY_FIELDS = ("query", "instruction", "prompt")
 
 
-class QueryFileError(ValueError):
+class QueryFileError(IclSearchError, ValueError):
     """A query file is missing or has a bad line; the message names the file and line."""
 
 
@@ -31,35 +33,24 @@ def load_queries(path: str | os.PathLike) -> list[Query]:
     """One JSON object per line with `query` (or `instruction` / `prompt`), optional `id`,
     `category` and anything else (kept in `meta`). Blank lines are skipped."""
     path = Path(path)
-    if not path.exists():
-        raise QueryFileError(f"{path}: query file not found")
     out: list[Query] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise QueryFileError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise QueryFileError(f"{path}:{lineno}: expected a JSON object")
-            field_name = next((f for f in QUERY_FIELDS if f in row), None)
-            if field_name is None:
-                raise QueryFileError(
-                    f"{path}:{lineno}: missing field 'query' (also accepted: instruction, prompt)")
-            text = row[field_name]
-            if not isinstance(text, str) or not text.strip():
-                raise QueryFileError(f"{path}:{lineno}: field '{field_name}' must be non-empty text")
-            qid = str(row.get("id", lineno))
-            if qid in seen:
-                raise QueryFileError(
-                    f"{path}:{lineno}: field 'id': duplicate id {qid!r} (first on line {seen[qid]})")
-            seen[qid] = lineno
-            category = row.get("category") or "general"
-            meta = {k: v for k, v in row.items() if k not in ("id", field_name, "category")}
-            out.append(Query(qid, text, str(category), meta))
+    for lineno, row in read_jsonl_objects(path, QueryFileError, "query file"):
+        field_name = next((f for f in QUERY_FIELDS if f in row), None)
+        if field_name is None:
+            raise QueryFileError(
+                f"{path}:{lineno}: missing field 'query' (also accepted: instruction, prompt)")
+        text = row[field_name]
+        if not isinstance(text, str) or not text.strip():
+            raise QueryFileError(f"{path}:{lineno}: field '{field_name}' must be non-empty text")
+        qid = str(row.get("id", lineno))
+        if qid in seen:
+            raise QueryFileError(
+                f"{path}:{lineno}: field 'id': duplicate id {qid!r} (first on line {seen[qid]})")
+        seen[qid] = lineno
+        category = row.get("category") or "general"
+        meta = {k: v for k, v in row.items() if k not in ("id", field_name, "category")}
+        out.append(Query(qid, text, str(category), meta))
     if not out:
         raise QueryFileError(f"{path}: no queries in file")
     return out
