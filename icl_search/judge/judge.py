@@ -2,13 +2,16 @@
 
 Spec grammar (one string, as in a study config's `judge = "..."`)::
 
-    default                               the embedded default judge (DEFAULT_JUDGE below)
+    default                               the embedded default: the learned reward judge,
+                                          prepared once from the reference data (see
+                                          `icl_search.judge.prepare`; `icl-search judge prepare`)
     logprob:<engine spec>                 local completion model; per aspect, the expected score
                                           over the next tokens "1".."5" (top-20 logprobs)
     sample:<engine spec>                  the same prompts, one sampled score token (baseline)
     vllm:<model> | openai:<url>[#model]   shorthand for logprob:vllm:... / logprob:openai:...
     dspy:<provider>/<model>[@<api_base>]  a chat model through dspy.LM, answering the JSON rubric
     distilled:<dir>                       a cross-encoder trained by `icl-search judge distill`
+    reward:<dir>                          a reward judge folder (`icl-search judge prepare`)
 
 `<engine spec>` is anything `icl_search.engines.make_engine` accepts (`vllm:default`,
 `vllm:/path/to/hf-model`, `openai:http://host:8000/v1`). For `dspy:` the model string is
@@ -24,21 +27,27 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from icl_search.evalset import QUERY_FIELDS
 from icl_search.judge.backends import Backend, ChatBackend, EngineBackend, JudgeError, Verdict
-from icl_search.judge.result import ItemJudgement, JudgeItem, JudgeResult, count_words
+from icl_search.judge.result import (  # noqa: F401  (RESPONSE_FIELDS, to_item: re-exported)
+    RESPONSE_FIELDS,
+    ItemJudgement,
+    JudgeItem,
+    JudgeResult,
+    count_words,
+    to_item,
+)
 from icl_search.judge.rubric import RubricSet
 
-#: The judge used when none is named: Gemma 3 270M base (the registry-shipped default model)
-#: read through its score-token log-probabilities with the few-shot rubric. It is weak (see
-#: the README's calibration figures); point `judge` at a strong model for real studies.
-DEFAULT_JUDGE = "logprob:vllm:default"
+#: The judge used when none is named: the learned reward judge (a MiniLM cross-encoder trained
+#: on GPT-4-turbo's within-query preferences with length partialled out, and on just-eval's
+#: safety verdicts; figures in the README). The Gemma 3 270M logprob judge, the default before
+#: it, is `logprob:vllm:default`.
+DEFAULT_JUDGE = "reward:default"
 #: A judge needs the response plus a few-shot rubric, not a whole study context.
 DEFAULT_JUDGE_MAX_MODEL_LEN = 4096
 API_KEY_ENV = "ICL_SEARCH_JUDGE_API_KEY"
-RESPONSE_FIELDS = ("response", "answer", "output")
 NO_RESPONSE = "no-response: the item has no response text (failed generation)"
-_KINDS = ("default", "logprob", "sample", "vllm", "openai", "dspy", "distilled")
+_KINDS = ("default", "logprob", "sample", "vllm", "openai", "dspy", "distilled", "reward")
 
 
 def parse_judge_spec(spec: str) -> tuple[str, str]:
@@ -56,13 +65,13 @@ def parse_judge_spec(spec: str) -> tuple[str, str]:
         return kind, rest
     if kind == "dspy" and sep and "/" in rest.split("@", 1)[0]:
         return "dspy", rest
-    if kind == "distilled" and sep and rest:
-        return "distilled", rest
+    if kind in ("distilled", "reward") and sep and rest:
+        return kind, rest
     raise JudgeError(
         f"judge spec {spec!r} is not understood; accepted: 'default', 'logprob:<engine>', "
         "'sample:<engine>', 'vllm:<model>', 'openai:<url>', "
         "'dspy:<provider>/<model>[@<api_base>]' (e.g. 'dspy:openai/gpt-4o-mini'), "
-        "'distilled:<dir>'")
+        "'distilled:<dir>', 'reward:<dir>'")
 
 
 class Judge:
@@ -132,26 +141,6 @@ class Judge:
         return result
 
 
-def to_item(x: JudgeItem | Mapping[str, Any], index: int = 0) -> JudgeItem:
-    """A JudgeItem from a mapping: `query` (or `instruction`), `response` (or `answer`, as
-    `icl-search generate` writes it, or `output`, as just-eval does), optional `id`, `category`."""
-    if isinstance(x, JudgeItem):
-        return x
-    if not isinstance(x, Mapping):
-        raise TypeError(f"item {index}: expected a JudgeItem or a mapping with query and "
-                         f"response, got {type(x).__name__}")
-    ident = str(x.get("id", index))
-    query = next((x[k] for k in QUERY_FIELDS if k in x), None)
-    if query is None:
-        raise ValueError(f"item {ident}: field 'query' is missing (also accepted: "
-                         f"{', '.join(QUERY_FIELDS[1:])})")
-    field = next((k for k in RESPONSE_FIELDS if k in x), None)
-    if field is None:
-        raise ValueError(f"item {ident}: field 'response' is missing (also accepted: "
-                         f"{', '.join(RESPONSE_FIELDS[1:])}; null marks a failed generation)")
-    return JudgeItem(ident, query, x[field], x.get("category") or "regular")
-
-
 def make_judge(spec: str = "default", *, engine=None, cache=None,
                rubric: str | Path | None = None, safety_rubric: str | Path | None = None,
                **opts: Any) -> Judge:
@@ -172,10 +161,19 @@ def make_judge(spec: str = "default", *, engine=None, cache=None,
         cache = Cache(cache)
     backend: Backend
     if kind == "distilled":
-        from icl_search.judge.distill import DistilledBackend
+        from icl_search.judge.learned import DistilledBackend
 
         backend = DistilledBackend(rest, **{k: v for k, v in opts.items()
                                       if k in ("batch_size", "threads")})
+    elif kind == "reward":
+        from icl_search.judge.learned import RewardBackend
+
+        if rest == "default":
+            from icl_search.judge.prepare import prepare_default
+
+            rest = str(prepare_default(opts.get("data"), say=opts.get("say", print)))
+        backend = RewardBackend(rest, **{k: v for k, v in opts.items()
+                                   if k in ("batch_size", "threads")})
     elif kind in ("logprob", "sample"):
         if engine is None:
             from icl_search.engines import make_engine

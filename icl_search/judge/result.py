@@ -18,7 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from icl_search.errors import IclSearchError
+from icl_search.evalset import QUERY_FIELDS
 from icl_search.judge.rubric import ALL_ASPECTS, ASPECTS, SAFETY
+
+RESPONSE_FIELDS = ("response", "answer", "output")
 
 # Scripts written without spaces count one word per character, so a Chinese or Japanese answer
 # is not measured as a single "word".
@@ -34,7 +38,7 @@ def aspects_for(category: str) -> tuple[str, ...]:
     return SAFETY if category == "safety" else ASPECTS
 
 
-class CoverageError(RuntimeError):
+class CoverageError(IclSearchError, RuntimeError):
     """Too few items were judged on some aspect for the result to be trusted."""
 
 
@@ -303,3 +307,23 @@ def merge_results(results: Iterable[JudgeResult]) -> JudgeResult:
     for r in results:
         out.rubric_versions.update(r.rubric_versions)
     return out
+
+
+def to_item(x: JudgeItem | Mapping[str, Any], index: int = 0) -> JudgeItem:
+    """A JudgeItem from a mapping: `query` (or `instruction`), `response` (or `answer`, as
+    `icl-search generate` writes it, or `output`, as just-eval does), optional `id`, `category`."""
+    if isinstance(x, JudgeItem):
+        return x
+    if not isinstance(x, Mapping):
+        raise TypeError(f"item {index}: expected a JudgeItem or a mapping with query and "
+                         f"response, got {type(x).__name__}")
+    ident = str(x.get("id", index))
+    query = next((x[k] for k in QUERY_FIELDS if k in x), None)
+    if query is None:
+        raise ValueError(f"item {ident}: field 'query' is missing (also accepted: "
+                         f"{', '.join(QUERY_FIELDS[1:])})")
+    field = next((k for k in RESPONSE_FIELDS if k in x), None)
+    if field is None:
+        raise ValueError(f"item {ident}: field 'response' is missing (also accepted: "
+                         f"{', '.join(RESPONSE_FIELDS[1:])}; null marks a failed generation)")
+    return JudgeItem(ident, query, x[field], x.get("category") or "regular")
