@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from icl_search.engines.base import Engine, SamplingParams
+from icl_search.errors import IclSearchError
 from icl_search.judge.parsing import Parsed, parse_judgement, repair_request
 from icl_search.judge.result import JudgeItem
 from icl_search.judge.rubric import Rubric
@@ -26,7 +27,7 @@ _SAMPLED = re.compile(r"\s*([1-5])(?!\d)(?!\.\d)")
 TRUNCATION_MARK = "\n[... truncated to fit the judge's context window ...]"
 
 
-class JudgeError(RuntimeError):
+class JudgeError(IclSearchError, RuntimeError):
     """The judge cannot run at all (unreachable endpoint, bad spec); one clear message."""
 
 

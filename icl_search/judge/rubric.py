@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from icl_search.errors import IclSearchError
+
 TEMPLATES = Path(__file__).parent / "templates"
 
 #: The five just-eval aspects rated on regular queries, in report order.
@@ -35,7 +37,7 @@ _REQUIRED = {"json": ("query", "response"), "logprob": ("query", "response", "as
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 
 
-class RubricError(ValueError):
+class RubricError(IclSearchError, ValueError):
     """A rubric file cannot be used (missing placeholder, bad header); names the file."""
 
 
