@@ -1,0 +1,361 @@
+"""Serving against the limit: `icl-search serve` with per-query retrieval vs vLLM's own
+OpenAI server (`python -m vllm.entrypoints.openai.api_server`) on the same model and load.
+
+The bundle is a retrieval bundle (the `urial_style` preamble, kNN k=3 over
+`pools/default.jsonl`, all-MiniLM-L6-v2): every request is embedded, searched and rendered on
+the request path. The icl-search server starts with an empty embedding cache (its own
+`ICL_SEARCH_HOME`), and the queries are distinct just-eval instructions (read from
+`../shared/data/just-eval/` at run time; `pools/eval/dev.jsonl` when absent), so no query
+embedding is a cache hit. vLLM's server gets the prompts icl-search renders, already rendered
+(`Bundle.prepare` with the same token budget the server applies), through `/v1/completions`
+with the same stop strings; icl-search gets the bare query through its `/v1/completions`.
+Both engines use the same settings (`engine_args`: eager mode and a 512 MiB KV cache on CPU,
+prefix caching on, the same context window). Every request's prompt token count must agree
+between the two servers: that is checked and reported (`prompt_tokens_agree`).
+
+Load: N client threads (the official `openai` client, streaming) drain the requests; the
+requests are split into rounds that alternate between the two servers (both stay up side by
+side), so a change in the shared machine's load falls on both alike. Decoding is greedy with a
+fixed `max_tokens` and `ignore_eos`, so both do the same work (a stop string may still end an
+answer early; token counts are reported). Each server answers 2 uncounted warm-up requests.
+
+Figures per server: requests/s and generated tok/s over the wall time of the whole load,
+latency p50/p95 (request sent -> last chunk), time to first token p50/p95, errors; and the
+ratios icl-search / vLLM. Targets: throughput >= 0.95 of vLLM's, p50 latency within +10%.
+Prints a table and writes `bench/results/serve-vs-vllm.json` (`serve-vs-vllm-default.json`
+for `--model default`).
+
+    .venv/bin/python bench/serve_vs_vllm.py                    # tiny random Llama, ~3 min
+    .venv/bin/python bench/serve_vs_vllm.py --model default    # Gemma 3 270M base
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+             "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "ERROR"}.items():
+    os.environ.setdefault(k, v)
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx
+import openai
+
+from icl_search.bundle import Bundle
+from icl_search.engines.base import SamplingParams
+from icl_search.engines.vllm import DEFAULT_CPU_KV_CACHE_BYTES
+from icl_search.evalset import load_queries
+from icl_search.index import Embedder, EmbeddingCache, PoolIndex
+from icl_search.io import write_json
+from icl_search.pool import Pool
+from icl_search.prompt import Budget
+
+
+def _load_serve_bench():
+    # bench/ is not a package: reuse bench/serve.py's server, load and summary helpers.
+    spec = importlib.util.spec_from_file_location("bench_serve", Path(__file__).with_name("serve.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_sb = _load_serve_bench()
+free_port, pct, KEY = _sb.free_port, _sb.pct, _sb.KEY
+
+RESULTS = ROOT / "bench" / "results"
+POOL = ROOT / "pools" / "default.jsonl"
+SYSTEM = ROOT / "pools" / "system_prompts" / "urial_style.txt"
+JUST_EVAL = ROOT.parent / "shared" / "data" / "just-eval" / "instructions.dev.jsonl"
+#: per model: context window and answer length
+SETTINGS = {"tiny": {"max_model_len": 4096, "max_tokens": 128},
+            "default": {"max_model_len": 2048, "max_tokens": 48}}
+
+
+def queries_for(n: int, max_chars: int) -> list[str]:
+    """`n` distinct queries: just-eval instructions when present, else the dev eval set."""
+    texts: list[str] = []
+    if JUST_EVAL.is_file():
+        with JUST_EVAL.open(encoding="utf-8") as fh:
+            texts = [json.loads(line)["instruction"] for line in fh if line.strip()]
+    if not texts:
+        texts = [q.query for q in load_queries(ROOT / "pools" / "eval" / "dev.jsonl")]
+    texts = [t for t in dict.fromkeys(texts) if len(t) <= max_chars]
+    return texts[:n]
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, log: Path) -> None:
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+
+
+def start_icl(bundle: Path, model: str, port: int, max_model_len: int, home: Path,
+              log: Path) -> tuple[subprocess.Popen, float]:
+    cmd = [sys.executable, "-c", "from icl_search.cli import app; app()", "serve", str(bundle),
+           "--model", model, "--port", str(port), "--api-key", KEY, "--max-model-len",
+           str(max_model_len), "--served-model-name", "bench", "--log-level", "warning"]
+    env = {**os.environ, "ICL_SEARCH_HOME": str(home)}  # an empty embedding cache
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    wait_healthy(proc, f"http://127.0.0.1:{port}/health", log)
+    return proc, time.perf_counter() - t0
+
+
+def start_vllm(model: str, port: int, max_model_len: int, log: Path
+               ) -> tuple[subprocess.Popen, float]:
+    # The settings icl-search's engine_args() gives AsyncLLM on this host, as server flags.
+    from icl_search.engines.vllm import _has_gpu
+
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+           "--host", "127.0.0.1", "--port", str(port), "--api-key", KEY,
+           "--served-model-name", "bench", "--max-model-len", str(max_model_len),
+           "--seed", "0", "--disable-log-stats", "--enable-prefix-caching",
+           "--uvicorn-log-level", "warning"]
+    if not _has_gpu():
+        cmd += ["--enforce-eager", "--kv-cache-memory-bytes", str(DEFAULT_CPU_KV_CACHE_BYTES)]
+    else:
+        cmd += ["--gpu-memory-utilization", "0.4"]  # two servers share the GPU
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    wait_healthy(proc, f"http://127.0.0.1:{port}/health", log)
+    return proc, time.perf_counter() - t0
+
+
+def one_request(client: openai.OpenAI, prompt: str, body: dict) -> dict:
+    t0 = time.perf_counter()
+    ttft = None
+    usage = None
+    stream = client.completions.create(model="bench", prompt=prompt, stream=True,
+                                       stream_options={"include_usage": True}, **body)
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        if chunk.choices and chunk.choices[0].text and ttft is None:
+            ttft = time.perf_counter() - t0
+    latency = time.perf_counter() - t0
+    return {"latency": latency, "ttft": latency if ttft is None else ttft,
+            "completion_tokens": usage.completion_tokens if usage else 0,
+            "prompt_tokens": usage.prompt_tokens if usage else None}
+
+
+def run_load(base_url: str, jobs: list[tuple[int, str]], clients: int, body: dict) -> dict:
+    """N client threads drain `jobs` ((request number, prompt)); records keyed by number."""
+    todo = list(jobs)
+    lock = threading.Lock()
+    done: dict[int, dict] = {}
+    errors: list[str] = []
+
+    def worker() -> None:
+        client = openai.OpenAI(base_url=base_url, api_key=KEY, max_retries=0, timeout=600)
+        while True:
+            with lock:
+                if not todo:
+                    return
+                i, prompt = todo.pop(0)
+            try:
+                r = one_request(client, prompt, body)
+                with lock:
+                    done[i] = r
+            except Exception as exc:  # noqa: BLE001 - counted, not fatal: the figure is the error count
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"wall": time.perf_counter() - t0, "done": done, "errors": errors}
+
+
+def summarise(rounds: list[dict], requests: int) -> dict:
+    wall = sum(r["wall"] for r in rounds)
+    done = [d for r in rounds for d in r["done"].values()]
+    errors = [e for r in rounds for e in r["errors"]]
+    lat = [r["latency"] for r in done]
+    ttft = [r["ttft"] for r in done]
+    tokens = sum(r["completion_tokens"] for r in done)
+    return {
+        "requests": requests, "ok": len(done), "errors": len(errors),
+        "error_samples": errors[:3], "wall_s": round(wall, 3),
+        "requests_per_s": round(len(done) / wall, 3), "tokens_per_s": round(tokens / wall, 1),
+        "completion_tokens": tokens,
+        "latency_p50_s": round(pct(lat, 50), 3), "latency_p95_s": round(pct(lat, 95), 3),
+        "ttft_p50_s": round(pct(ttft, 50), 3), "ttft_p95_s": round(pct(ttft, 95), 3),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=("tiny", "default"), default="tiny")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=64)
+    ap.add_argument("--max-tokens", type=int, default=None,
+                    help="tokens per answer (default: 128 tiny, 48 default)")
+    ap.add_argument("--rounds", type=int, default=4,
+                    help="alternate the servers in this many rounds of requests/rounds each")
+    ap.add_argument("--k", type=int, default=3, help="examples retrieved per query")
+    ap.add_argument("--max-query-chars", type=int, default=300)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    settings = SETTINGS[args.model]
+    max_tokens = args.max_tokens or settings["max_tokens"]
+    max_model_len = settings["max_model_len"]
+    out_path = args.out or RESULTS / ("serve-vs-vllm.json" if args.model == "tiny"
+                                      else "serve-vs-vllm-default.json")
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serve-vllm-"))
+    if args.model == "tiny":
+        from icl_search.models import build_tiny_model
+
+        model = str(build_tiny_model(tmp / "tiny-llama"))
+    else:
+        from icl_search.models import resolve_model
+
+        model = str(resolve_model("default"))
+
+    # The retrieval bundle and its index (built here with a throw-away embedding cache, so
+    # the server's own cache, in its own ICL_SEARCH_HOME, starts empty).
+    pool = Pool.load(POOL)
+    index_dir = tmp / "default.index"
+    PoolIndex.build(pool, Embedder(cache=EmbeddingCache(tmp / "build-emb.sqlite3"))
+                    ).save(index_dir)
+    sampling = SamplingParams(max_tokens=max_tokens)
+    bundle_path = tmp / "bench.json"
+    bundle = Bundle.create(model=model, system=SYSTEM.read_text(encoding="utf-8"),
+                           selection={"strategy": "knn", "k": args.k}, pool_path=POOL,
+                           index_dir=index_dir, sampling=sampling, bundle_path=bundle_path)
+    bundle_path = bundle.save(bundle_path)
+    bundle = Bundle.load(bundle_path)
+    queries = queries_for(args.requests + 2, args.max_query_chars)
+    warm, queries = queries[:2], queries[2:]
+    if len(queries) < args.requests:
+        raise SystemExit(f"only {len(queries)} distinct queries of <= {args.max_query_chars} "
+                         "characters are available")
+
+    # What vLLM's server is sent: the prompt icl-search renders for the query, with the
+    # budget the server applies (the target tokenizer, the same context window).
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    budget = Budget(lambda text: len(tok.encode(text)), max_model_len)
+    t = time.perf_counter()
+    rendered = {q: bundle.prepare(q, budget=budget, max_tokens=max_tokens).prompt
+                for q in warm + queries}
+    render_s = time.perf_counter() - t
+    stops = list(dict.fromkeys(list(bundle.sampling.stop) + list(bundle.template.stop)))
+    common = {"max_tokens": max_tokens, "temperature": 0.0,
+              "extra_body": {"ignore_eos": True,
+                             "repetition_penalty": bundle.sampling.repetition_penalty}}
+    bodies = {"icl-search": common,
+              "vllm": {**common, "stop": stops}}
+    prompts = {"icl-search": {i: q for i, q in enumerate(queries)},
+               "vllm": {i: rendered[q] for i, q in enumerate(queries)}}
+
+    servers: dict[str, tuple[subprocess.Popen, str, float]] = {}
+    rounds: dict[str, list[dict]] = {m: [] for m in bodies}
+    loads: list[float] = []
+    try:
+        for name, body in bodies.items():
+            port = free_port()
+            log = tmp / f"{name}-{port}.log"
+            proc, start_s = (start_icl(bundle_path, model, port, max_model_len, tmp / "home", log)
+                             if name == "icl-search" else start_vllm(model, port, max_model_len, log))
+            servers[name] = (proc, f"http://127.0.0.1:{port}/v1", start_s)
+            warm_prompts = warm if name == "icl-search" else [rendered[q] for q in warm]
+            run_load(servers[name][1], list(enumerate(warm_prompts)), 2, body)
+        per_round = -(-args.requests // args.rounds)
+        for i in range(args.rounds):
+            ids = list(range(i * per_round, min(args.requests, (i + 1) * per_round)))
+            order = list(bodies) if i % 2 == 0 else list(reversed(bodies))
+            for name in order:
+                loads.append(os.getloadavg()[0])
+                rounds[name].append(run_load(servers[name][1],
+                                             [(j, prompts[name][j]) for j in ids],
+                                             args.clients, bodies[name]))
+    finally:
+        for proc, _, _ in servers.values():
+            proc.terminate()
+        for proc, _, _ in servers.values():
+            proc.wait()
+
+    results = {n: {**summarise(rounds[n], args.requests),
+                   "server_start_s": round(servers[n][2], 1)} for n in bodies}
+    per = {n: {j: r for rd in rounds[n] for j, r in rd["done"].items()} for n in bodies}
+    both = sorted(set(per["icl-search"]) & set(per["vllm"]))
+    prompt_agree = sum(per["icl-search"][j]["prompt_tokens"] == per["vllm"][j]["prompt_tokens"]
+                       for j in both)
+    tokens_agree = sum(per["icl-search"][j]["completion_tokens"]
+                       == per["vllm"][j]["completion_tokens"] for j in both)
+    ours, ref = results["icl-search"], results["vllm"]
+
+    def ratio(a: float, b: float) -> float | None:
+        return round(a / b, 3) if b else None
+
+    res = {
+        "benchmark": "serve-vs-vllm", "model": args.model, "model_path": model,
+        "clients": args.clients, "requests": args.requests, "rounds": args.rounds,
+        "max_tokens": max_tokens, "max_model_len": max_model_len,
+        "bundle": f"retrieval: urial_style + kNN k={args.k} over pools/default.jsonl",
+        "queries": "distinct just-eval instructions" if JUST_EVAL.is_file() else "dev eval set",
+        "decoding": "greedy, ignore_eos, streaming /v1/completions, the template's stop strings",
+        "render_ms_per_query_in_bench": round(render_s / len(rendered) * 1e3, 2),
+        "prompt_tokens_mean": round(sum(per["vllm"][j]["prompt_tokens"] or 0 for j in both)
+                                    / max(1, len(both)), 1),
+        "prompt_tokens_agree": f"{prompt_agree}/{len(both)}",
+        "completion_tokens_agree": f"{tokens_agree}/{len(both)}",
+        "load_avg_1m": {"min": round(min(loads), 2), "max": round(max(loads), 2)},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version()},
+        "servers": results,
+        "ratios_icl_over_vllm": {
+            "requests_per_s": ratio(ours["requests_per_s"], ref["requests_per_s"]),
+            "tokens_per_s": ratio(ours["tokens_per_s"], ref["tokens_per_s"]),
+            "latency_p50": ratio(ours["latency_p50_s"], ref["latency_p50_s"]),
+            "latency_p95": ratio(ours["latency_p95_s"], ref["latency_p95_s"]),
+            "ttft_p50": ratio(ours["ttft_p50_s"], ref["ttft_p50_s"]),
+        },
+    }
+    r = res["ratios_icl_over_vllm"]
+    res["targets"] = {"throughput_at_least_0.95": (r["requests_per_s"] or 0) >= 0.95,
+                      "p50_within_10pct": (r["latency_p50"] or 99) <= 1.10}
+    write_json(out_path, res)
+
+    print(f"\nserving vs vLLM's server: model={args.model}, {args.clients} clients, "
+          f"{args.requests} requests in {args.rounds} alternating rounds, max_tokens "
+          f"{max_tokens} (greedy, ignore_eos), prompt ~{res['prompt_tokens_mean']:.0f} tokens")
+    print(f"{'server':<12}{'ok':>5}{'err':>5}{'wall s':>9}{'req/s':>8}{'tok/s':>8}"
+          f"{'p50 s':>8}{'p95 s':>8}{'ttft50':>8}{'ttft95':>8}")
+    for name, x in results.items():
+        print(f"{name:<12}{x['ok']:>5}{x['errors']:>5}{x['wall_s']:>9.2f}"
+              f"{x['requests_per_s']:>8.2f}{x['tokens_per_s']:>8.0f}{x['latency_p50_s']:>8.2f}"
+              f"{x['latency_p95_s']:>8.2f}{x['ttft_p50_s']:>8.2f}{x['ttft_p95_s']:>8.2f}")
+    print(f"icl-search / vLLM: throughput {r['requests_per_s']} (target >= 0.95), p50 latency "
+          f"{r['latency_p50']} (target <= 1.10), TTFT p50 {r['ttft_p50']}; prompt tokens agree "
+          f"{res['prompt_tokens_agree']}, completion tokens {res['completion_tokens_agree']}; "
+          f"load {res['load_avg_1m']['min']}-{res['load_avg_1m']['max']} on {os.cpu_count()} "
+          f"cores")
+    print(f"wrote {out_path}")
+
+
+if __name__ == "__main__":
+    main()
