@@ -23,7 +23,9 @@ would turn every judge call into a cache hit) and a judge built with the default
 * plain: an `Evaluator` over a separate engine with prefix caching off, no cache wrapper, a judge
   with no cache, one trial per `evaluate` call.
 
-Only the `evaluate` calls are timed (engine loading, the FAISS index and the query embeddings
+The two evaluators live side by side and take the trial batches in turns (order flipped every
+batch), so a change in the shared machine's load falls on both alike. Only the `evaluate` calls
+are timed (engine loading, the FAISS index and the query embeddings
 are set-up common to both). Greedy decoding means both must give the same per-trial scores: the
 script asserts they agree within `--tolerance` and prints the largest difference. Prints a table
 and writes `bench/results/study.json` (`study-default.json` for `--model default`).
@@ -186,6 +188,8 @@ def main() -> None:
     positions = list(range(args.queries))
     loads = {"start": round(os.getloadavg()[0], 2)}
 
+    # Both evaluators exist side by side and take the trial batches in turns (the order
+    # flipped every batch), so a change in the shared machine's load falls on both alike.
     # plain: prefix caching off, no cache wrapper, no judge cache, one trial per call
     eng = build_engine(model, args.model, False)
     judge_eng = eng if judge_model == model else build_engine(judge_model, args.model, False)
@@ -199,21 +203,33 @@ def main() -> None:
         params=SamplingParams(max_tokens=d.max_tokens, temperature=d.temperature,
                               repetition_penalty=d.repetition_penalty, seed=d.seed),
         embedder=cfg.pool.embedder)
-    plain_scores, plain_s = scores(plain, specs, 1, positions)
-    plain_stats = vars(plain.stats).copy()
-    loads["after_plain"] = round(os.getloadavg()[0], 2)
-    del plain, eng, judge_eng
-    gc.collect()
-
     # batched: as `study run` builds it (CachedEngine + judge cache, prefix caching on)
-    eng = build_engine(model, args.model, True)
-    judge_eng = eng if judge_model == model else build_engine(judge_model, args.model, True)
-    batched = build_evaluator(cfg, engine=eng, say=lambda m: None, judge=make_judge(
-        cfg.judge.spec, engine=judge_eng, cache=Cache(cfg.path(cfg.cache))))
-    batched_scores, batched_s = scores(batched, specs, args.batch_trials, positions)
+    beng = build_engine(model, args.model, True)
+    bjudge_eng = beng if judge_model == model else build_engine(judge_model, args.model, True)
+    batched = build_evaluator(cfg, engine=beng, say=lambda m: None, judge=make_judge(
+        cfg.judge.spec, engine=bjudge_eng, cache=Cache(cfg.path(cfg.cache))))
+    # Warm-up (not counted): a first engine call pays for cold kernels and memory.
+    warm = SamplingParams(max_tokens=4)
+    for e in {id(x): x for x in (eng, judge_eng, beng, bjudge_eng)}.values():
+        e.generate(["Warm-up: the first call of an engine is slower than the rest."], warm)
+    plain_scores: list[float | None] = []
+    batched_scores: list[float | None] = []
+    plain_s = batched_s = 0.0
+    for n, i in enumerate(range(0, len(specs), args.batch_trials)):
+        chunk = specs[i:i + args.batch_trials]
+        sides = [("plain", plain, 1), ("batched", batched, args.batch_trials)]
+        for name, ev, per_call in (sides if n % 2 == 0 else reversed(sides)):
+            got, sec = scores(ev, chunk, per_call, positions)
+            if name == "plain":
+                plain_scores += got
+                plain_s += sec
+            else:
+                batched_scores += got
+                batched_s += sec
+    loads["end"] = round(os.getloadavg()[0], 2)
+    plain_stats = vars(plain.stats).copy()
     batched_stats = vars(batched.stats).copy()
-    loads["after_batched"] = round(os.getloadavg()[0], 2)
-    del batched, eng, judge_eng
+    del plain, eng, judge_eng, batched, beng, bjudge_eng
     gc.collect()
 
     diffs = [abs(a - b) for a, b in zip(plain_scores, batched_scores)
@@ -237,13 +253,13 @@ def main() -> None:
                       for s, c, a, b in zip(specs, copy_of, plain_scores, batched_scores)],
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform(), "load_avg_1m": loads,
-                    "note": "shared machine: other jobs ran concurrently; one run each"},
+                    "note": "shared machine: the two evaluators alternate batch by batch"},
     }
     write_json(out_path, res)
 
     print(f"\nstudy throughput: model={args.model}, {len(specs)} trials ({args.repeats} repeats) "
           f"x {args.queries} queries, max_tokens {args.max_tokens}, load avg "
-          f"{loads['start']} -> {loads['after_batched']} on {os.cpu_count()} CPUs\n")
+          f"{loads['start']} -> {loads['end']} on {os.cpu_count()} CPUs\n")
     print(f"{'#':>3}  {'trial':<58}{'plain':>8}{'batched':>9}")
     for i, row in enumerate(res["per_trial"]):
         rep = f" (= #{row['repeat_of']})" if row["repeat_of"] is not None else ""
