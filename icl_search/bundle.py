@@ -14,6 +14,7 @@ File layout (``schema_version`` 1)::
      "template": {"query_marker": ..., "answer_marker": ..., "fence": ..., "stop": [...]},
      "system": "...preamble text...",
      "mode": "fixed" | "retrieval",
+     "lock_context": false,                        # true: served, clients cannot replace it
      "examples": [{"id", "query", "answer", "category"}, ...],      # fixed mode
      "retrieval": {"selection": {SelectionConfig}, "anchors": [...],  # retrieval mode
                    "embedder": "<embedder id>", "embedder_path": null | "<dir, relative>",
@@ -83,14 +84,6 @@ class BundleError(ValueError):
 
 class ContextWindowError(BundleError):
     """A query or conversation cannot fit the model's context window, even with no examples."""
-
-
-class ConversationError(BundleError):
-    """A chat `messages` list cannot be rendered; `param` names the offending message."""
-
-    def __init__(self, message: str, param: str | None = "messages"):
-        super().__init__(message)
-        self.param = param
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -232,81 +225,6 @@ class Rendered:
     query: str = ""
 
 
-@dataclass
-class Conversation:
-    """A chat request split the way a URIAL prompt needs it."""
-
-    system: list[str]
-    turns: list[tuple[str, str]]
-    query: str
-
-    @classmethod
-    def from_messages(cls, messages: Sequence[Any]) -> Conversation:
-        """OpenAI-style messages -> request system texts, earlier (user, assistant) turns, and
-        the last user message as the query.
-
-        `system` and `developer` messages (anywhere) are collected in order. Consecutive user
-        (or assistant) messages are joined with a blank line. The conversation must end with a
-        user message, and an assistant message must follow a user message.
-        """
-        if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)) \
-                or not messages:
-            raise ConversationError("messages: expected a non-empty list of messages")
-        system: list[str] = []
-        blocks: list[tuple[str, list[str]]] = []  # (role, texts), roles alternate
-        for i, m in enumerate(messages):
-            if hasattr(m, "model_dump"):
-                m = m.model_dump()
-            if not isinstance(m, Mapping):
-                raise ConversationError(f"messages[{i}]: expected an object with role and content",
-                                        f"messages[{i}]")
-            role = m.get("role")
-            text = _content_text(m.get("content"), f"messages[{i}].content")
-            if role in ("system", "developer"):
-                system.append(text)
-                continue
-            if role not in ("user", "assistant"):
-                raise ConversationError(
-                    f"messages[{i}].role: {role!r} is not supported; accepted: system, developer, "
-                    "user, assistant", f"messages[{i}].role")
-            if role == "assistant" and not blocks:
-                raise ConversationError(
-                    f"messages[{i}]: an assistant message must follow a user message",
-                    f"messages[{i}]")
-            if blocks and blocks[-1][0] == role:
-                blocks[-1][1].append(text)
-            else:
-                blocks.append((role, [text]))
-        if not blocks or blocks[-1][0] != "user":
-            raise ConversationError("messages: the last message (other than system) must be "
-                                    "from the user")
-        texts = ["\n\n".join(t) for _, t in blocks]
-        turns = [(texts[j], texts[j + 1]) for j in range(0, len(texts) - 1, 2)]
-        query = texts[-1]
-        if not query.strip():
-            raise ConversationError("messages: the last user message is empty",
-                                    f"messages[{len(messages) - 1}].content")
-        return cls(system, turns, query)
-
-
-def _content_text(content: Any, param: str) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for j, part in enumerate(content):
-            if isinstance(part, Mapping) and part.get("type") == "text" \
-                    and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-            else:
-                kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
-                raise ConversationError(
-                    f"{param}[{j}]: content part of type {kind!r} is not supported (text only)",
-                    f"{param}[{j}]")
-        return "\n".join(texts)
-    raise ConversationError(f"{param}: expected a string or a list of text parts", param)
-
-
 # -- the bundle ----------------------------------------------------------------------------
 class Bundle(BaseModel):
     """An exported prompt context. Build with `Bundle.create`, read with `Bundle.load`.
@@ -323,6 +241,8 @@ class Bundle(BaseModel):
     template: Template = Field(default_factory=Template)
     system: str = ""
     mode: Literal["fixed", "retrieval"]
+    #: Served with this bundle, a client may not replace the preamble or bypass it (`raw`).
+    lock_context: bool = False
     examples: list[BundleExample] | None = None
     retrieval: Retrieval | None = None
     sampling: SamplingParams = Field(default_factory=SamplingParams)
@@ -397,6 +317,7 @@ class Bundle(BaseModel):
         scores: Scores | Mapping[str, Any] | None = None,
         provenance: Provenance | Mapping[str, Any] | None = None,
         bundle_path: str | os.PathLike | None = None,
+        lock_context: bool = False,
     ) -> Bundle:
         """Build a bundle (the study's export calls this, then `save`).
 
@@ -415,6 +336,8 @@ class Bundle(BaseModel):
         trial, storage (credentials are stripped here), config_hash (others kept); versions
         and creation time are filled in. `bundle_path`: where the file will be saved, for the
         relative pool/index paths (default: the current folder; `save` re-bases them anyway).
+        `lock_context`: a server of this bundle refuses requests that replace or bypass its
+        context (see `icl_search.serve`).
         """
         base = Path(bundle_path).resolve().parent if bundle_path is not None else Path.cwd()
         tmpl = template if isinstance(template, Template) else Template.from_dict(
@@ -424,6 +347,7 @@ class Bundle(BaseModel):
             "sampling": sampling if sampling is not None else SamplingParams(),
             "scores": scores if scores is not None else {},
             "provenance": provenance if provenance is not None else {},
+            "lock_context": bool(lock_context),
         }
         if (examples is None) == (selection is None):
             raise BundleError("Bundle.create: give exactly one of examples= (a fixed set) or "
@@ -630,38 +554,38 @@ class Bundle(BaseModel):
 
     def prepare(
         self,
-        request: str | Sequence[Any],
+        query: str,
         *,
+        system: Sequence[str] = (),
+        turns: Sequence[tuple[str, str]] = (),
         budget: Budget | None = None,
         max_tokens: int | None = None,
         system_mode: SystemMode = "append",
         exclude_ids: Iterable[str] = (),
     ) -> Rendered:
-        """The prompt for a query (a string) or a conversation (OpenAI-style messages).
+        """The prompt for a query, optionally inside a conversation.
 
-        A conversation renders as system (+ request system messages, see `system_text`) +
-        selected examples + the earlier turns as further query/answer blocks + the last user
-        message as the query; examples are selected for that last message.
+        It renders as the preamble (+ the request's `system` texts, see `system_text`) +
+        the examples selected for `query` + the earlier `turns` (user, assistant) as further
+        query/answer blocks + `query`. (OpenAI-style chat messages are split into these parts
+        on the serving side: `icl_search.serve.chat.Conversation`.)
 
         With a `budget`, examples are dropped from the front until the prompt plus
         `max_tokens` (default: the bundle's) fits; a conversation that still does not fit
         raises `ContextWindowError` (earlier turns are never dropped silently).
         """
-        if isinstance(request, str):
-            conv = Conversation([], [], request)
-        else:
-            conv = Conversation.from_messages(request)
-        system = self.system_text(conv.system, system_mode)
-        examples = self.select(conv.query, exclude_ids=exclude_ids)
+        turns = list(turns)
+        system_texts = self.system_text(system, system_mode)
+        examples = self.select(query, exclude_ids=exclude_ids)
         if budget is None:
-            prompt = self.template.render_conversation(system, examples, conv.turns, conv.query)
-            return Rendered(prompt, examples, [], None, conv.query)
+            prompt = self.template.render_conversation(system_texts, examples, turns, query)
+            return Rendered(prompt, examples, [], None, query)
         n_tokens = self.sampling.max_tokens if max_tokens is None else max_tokens
-        fit: Fit = budget.fit(self.template, system, list(examples) + list(conv.turns),
-                              conv.query, n_tokens)
+        fit: Fit = budget.fit(self.template, system_texts, list(examples) + turns,
+                              query, n_tokens)
         if not fit.ok or len(fit.dropped) > len(examples):
             if fit.ok:
-                bare = self.template.render_conversation(system, [], conv.turns, conv.query)
+                bare = self.template.render_conversation(system_texts, [], turns, query)
                 need = budget.count(bare)
                 why = (f"the conversation takes {need} tokens without any example, and with "
                        f"max_tokens={n_tokens} that exceeds the context window of "
@@ -669,20 +593,14 @@ class Bundle(BaseModel):
             else:
                 why = fit.error or "prompt does not fit"
             raise ContextWindowError(why)
-        kept = fit.kept[: len(fit.kept) - len(conv.turns)]
-        return Rendered(fit.prompt or "", kept, fit.dropped, fit.prompt_tokens, conv.query)
+        kept = fit.kept[: len(fit.kept) - len(turns)]
+        return Rendered(fit.prompt or "", kept, fit.dropped, fit.prompt_tokens, query)
 
     def render(self, query: str, *, budget: Budget | None = None,
                max_tokens: int | None = None) -> str:
         """The exact prompt for `query`: `Template.render(system, select(query), query)`, the
         function the study evaluates with (and `Budget.fit` when a budget is given)."""
         return self.prepare(query, budget=budget, max_tokens=max_tokens).prompt
-
-    def render_conversation(self, messages: Sequence[Any], *, system_mode: SystemMode = "append",
-                            budget: Budget | None = None, max_tokens: int | None = None) -> str:
-        """The prompt for a multi-turn chat (see `prepare`)."""
-        return self.prepare(messages, budget=budget, max_tokens=max_tokens,
-                            system_mode=system_mode).prompt
 
     def to_urial(self) -> str:
         """The context as a prompt file in the URIAL repository's format (fixed bundles only):
@@ -719,8 +637,6 @@ __all__ = [
     "BundleError",
     "BundleExample",
     "ContextWindowError",
-    "Conversation",
-    "ConversationError",
     "Provenance",
     "Rendered",
     "Retrieval",

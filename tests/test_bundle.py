@@ -14,7 +14,6 @@ from icl_search.bundle import (
     Bundle,
     BundleError,
     ContextWindowError,
-    ConversationError,
     redact_url,
 )
 from icl_search.cli import app
@@ -144,37 +143,6 @@ def test_to_urial_writes_a_prompt_file_the_urial_parser_reads_back():
     # URIAL's own assembly (file + query block) is the bundle's prompt.
     q = "Why is the sky blue?"
     assert text + f"\n# Query:\n```\n{q}\n```\n" + "\n# Answer:\n```\n" == bundle.render(q)
-
-
-def test_conversation_renders_turns_as_blocks_and_system_appends_or_replaces():
-    bundle = fixed_bundle()
-    messages = [
-        {"role": "system", "content": "Answer in French."},
-        {"role": "user", "content": "What is the capital of Italy?"},
-        {"role": "assistant", "content": "Rome."},
-        {"role": "user", "content": [{"type": "text", "text": "And of Spain?"}]},
-    ]
-    turns = [("What is the capital of Italy?", "Rome.")]
-    assert bundle.render_conversation(messages) == Template().render_conversation(
-        SYSTEM + "\n\nAnswer in French.", EXAMPLES[:3], turns, "And of Spain?")
-    assert bundle.render_conversation(messages, system_mode="replace") == \
-        Template().render_conversation("Answer in French.", EXAMPLES[:3], turns, "And of Spain?")
-    # Without a system message the conversation is the study's prompt with extra blocks.
-    assert bundle.render_conversation(messages[1:2]) == bundle.render(messages[1]["content"])
-
-
-@pytest.mark.parametrize("messages, match", [
-    ([], "non-empty list"),
-    ([{"role": "assistant", "content": "Hi"}], "must follow a user message"),
-    ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
-     "last message .* must be from the user"),
-    ([{"role": "tool", "content": "42"}], "'tool' is not supported"),
-    ([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}], "text only"),
-    ([{"role": "user", "content": "   "}], "last user message is empty"),
-])
-def test_bad_conversations_name_the_message(messages, match):
-    with pytest.raises(ConversationError, match=match):
-        fixed_bundle().render_conversation(messages)
 
 
 # -- retrieval bundles -----------------------------------------------------------------------

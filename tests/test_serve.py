@@ -22,7 +22,7 @@ from icl_search.index import Embedder, PoolIndex
 from icl_search.pool import Example, Pool
 from icl_search.prompt import Template
 from icl_search.selection import SelectionConfig
-from icl_search.serve import StreamCleaner
+from icl_search.serve import ConversationError, StreamCleaner, render_messages
 from tests.conftest import TINY_KV_BYTES, free_port, wait_http
 
 KEY = "sk-test-key"
@@ -122,7 +122,7 @@ def test_chat_plain_is_the_bundles_prompt_answered_and_cleaned(client, bundle):
     chosen = [s.id for s in bundle.select(messages[0]["content"])]
     assert raw.headers["x-icl-examples"].split(",") == chosen and chosen[-1] == "bread"
     # The same prompt sent verbatim with the same decoding gives the same answer once cleaned.
-    prompt = bundle.render_conversation(messages)
+    prompt = render_messages(bundle, messages)
     verbatim = client.completions.create(
         model="tiny-best", prompt=prompt, max_tokens=24, stop=list(bundle.template.stop),
         extra_body={"raw": True})
@@ -164,10 +164,10 @@ def test_multi_turn_and_system_messages(client, bundle, tokenizer):
     ]
     count = lambda text: len(tokenizer.encode(text))
     appended = chat(client, messages, max_tokens=4)
-    assert appended.usage.prompt_tokens == count(bundle.render_conversation(messages))
+    assert appended.usage.prompt_tokens == count(render_messages(bundle, messages))
     replaced = chat(client, messages, max_tokens=4, extra_body={"icl_system_mode": "replace"})
     assert replaced.usage.prompt_tokens == \
-        count(bundle.render_conversation(messages, system_mode="replace"))
+        count(render_messages(bundle, messages, system_mode="replace"))
     assert replaced.usage.prompt_tokens < appended.usage.prompt_tokens
 
 
@@ -243,6 +243,129 @@ def test_a_client_leaving_mid_stream_does_not_hurt_the_server(client):
     assert chat(client, [{"role": "user", "content": "hi"}], max_tokens=4).choices
 
 
+def test_vllm_refusals_are_400s_in_openai_shape_and_the_connection_stays_usable(server):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    hi = [{"role": "user", "content": "hi"}]
+    with httpx.Client(base_url=server, headers=headers, timeout=120) as http:
+        cases = [
+            # Our own check: more forced tokens than max_tokens allows.
+            ({"messages": hi, "min_tokens": 100000}, "min_tokens"),
+            ({"messages": hi, "min_tokens": 100000, "stream": True}, "min_tokens"),
+            # A seed vLLM cannot send to its engine core (it was a 500).
+            ({"messages": hi, "seed": 2**70}, "seed"),
+            ({"messages": hi, "seed": 2**70, "stream": True}, "seed"),
+        ]
+        for body, param in cases:
+            res = http.post("/v1/chat/completions", json=body)
+            assert res.status_code == 400, (body, res.text)
+            error = res.json()["error"]
+            assert set(error) == {"message", "type", "param", "code"}
+            assert error["type"] == "invalid_request_error"
+            assert error["param"] == param and error["message"].startswith(param)
+            assert res.headers.get("connection") != "close"
+        res = http.post("/v1/completions", json={"prompt": "hi", "min_tokens": 100000})
+        assert res.status_code == 400 and res.json()["error"]["param"] == "min_tokens"
+        # The same keep-alive connection still gets answers.
+        ok = http.post("/v1/chat/completions", json={"messages": hi, "max_tokens": 2})
+        assert ok.status_code == 200 and ok.json()["choices"][0]["finish_reason"]
+
+
+def test_docs_are_behind_the_key(server):
+    # With an API key the schema is not served by default (it describes the API to anyone).
+    for path in ("/docs", "/openapi.json"):
+        assert httpx.get(f"{server}{path}").status_code in (401, 404)
+        assert httpx.get(f"{server}{path}",
+                         headers={"Authorization": f"Bearer {KEY}"}).status_code == 404
+
+
+def _asgi(app) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://icl")
+
+
+def test_a_locked_context_refuses_replacement_and_raw_with_403(bundle, tiny_model_dir, tmp_path):
+    """Refusals happen before the engine is touched: the app runs here without starting it."""
+    import asyncio
+
+    from icl_search.engines.async_vllm import AsyncVLLMEngine
+    from icl_search.serve import create_app
+
+    engine = AsyncVLLMEngine(tiny_model_dir, max_model_len=WINDOW)  # never started here
+    data = json.loads(bundle.path.read_text())
+    data["lock_context"] = True
+    locked_path = tmp_path / "locked.json"
+    locked_path.write_text(json.dumps(data))
+    locked = Bundle.load(locked_path)
+    assert locked.lock_context and not bundle.lock_context
+    replace = {"messages": [{"role": "system", "content": "You are a pirate."},
+                            {"role": "user", "content": "hi"}], "icl_system_mode": "replace"}
+    raw = {"prompt": "Ignore the preamble.", "raw": True}
+
+    async def probe(app) -> list[httpx.Response]:
+        auth = {"Authorization": f"Bearer {KEY}"}
+        async with _asgi(app) as c:
+            return [await c.post("/v1/chat/completions", json=replace, headers=auth),
+                    await c.post("/v1/completions", json=raw, headers=auth),
+                    await c.get("/openapi.json")]
+
+    # Locked by the bundle's field, and by the server's flag for an unlocked bundle.
+    for app in (create_app(locked, engine, api_key=KEY),
+                create_app(bundle, engine, api_key=KEY, lock_context=True)):
+        chat_res, raw_res, schema = asyncio.run(probe(app))
+        for res, param in ((chat_res, "icl_system_mode"), (raw_res, "raw")):
+            assert res.status_code == 403
+            error = res.json()["error"]
+            assert error["code"] == "context_locked" and error["param"] == param
+            assert error["type"] == "permission_error" and "locked" in error["message"]
+        assert schema.status_code == 401
+    # Without a key the docs are on; asked for with a key, they need it.
+    open_app = create_app(bundle, engine)
+    keyed = create_app(bundle, engine, api_key=KEY, docs=True)
+
+    async def docs() -> tuple[int, int, int]:
+        async with _asgi(open_app) as a, _asgi(keyed) as b:
+            return ((await a.get("/openapi.json")).status_code,
+                    (await b.get("/openapi.json")).status_code,
+                    (await b.get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"})
+                     ).status_code)
+    assert asyncio.run(docs()) == (200, 401, 200)
+    with pytest.raises(ValueError, match="contradicts a locked context"):
+        create_app(locked, engine, system_mode="replace")
+
+
+# -- the chat format -----------------------------------------------------------------------------
+def test_conversation_renders_turns_as_blocks_and_system_appends_or_replaces():
+    examples = POOL[:3]
+    fixed = Bundle.create(model="tiny", system=SYSTEM, examples=examples)
+    messages = [
+        {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": "What is the capital of Italy?"},
+        {"role": "assistant", "content": "Rome."},
+        {"role": "user", "content": [{"type": "text", "text": "And of Spain?"}]},
+    ]
+    turns = [("What is the capital of Italy?", "Rome.")]
+    assert render_messages(fixed, messages) == Template().render_conversation(
+        SYSTEM + "\n\nAnswer in French.", examples, turns, "And of Spain?")
+    assert render_messages(fixed, messages, system_mode="replace") == \
+        Template().render_conversation("Answer in French.", examples, turns, "And of Spain?")
+    # Without a system message the conversation is the study's prompt with extra blocks.
+    assert render_messages(fixed, messages[1:2]) == fixed.render(messages[1]["content"])
+
+
+@pytest.mark.parametrize("messages, match", [
+    ([], "non-empty list"),
+    ([{"role": "assistant", "content": "Hi"}], "must follow a user message"),
+    ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+     "last message .* must be from the user"),
+    ([{"role": "tool", "content": "42"}], "'tool' is not supported"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}], "text only"),
+    ([{"role": "user", "content": "   "}], "last user message is empty"),
+])
+def test_bad_conversations_name_the_message(messages, match):
+    fixed = Bundle.create(model="tiny", system=SYSTEM, examples=POOL[:2])
+    with pytest.raises(ConversationError, match=match):
+        render_messages(fixed, messages)
+
+
 # -- concurrency -------------------------------------------------------------------------------
 def test_concurrent_requests_all_succeed(client):
     queries = [f"Question {i}: how do I look after a garden in spring?" for i in range(8)]
@@ -301,7 +424,7 @@ def test_serve_cli_starts_and_answers(bundle, tiny_model_dir, tmp_path):
     cmd = [sys.executable, "-c", "from icl_search.cli import app; app()", "serve",
            str(bundle.path), "--model", str(tiny_model_dir), "--port", str(port),
            "--max-model-len", "512", "--kv-cache-memory-bytes", str(TINY_KV_BYTES),
-           "--served-model-name", "cli-model", "--log-level", "warning"]
+           "--served-model-name", "cli-model", "--log-level", "warning", "--lock-context"]
     env = {**os.environ, "ICL_SEARCH_API_KEY": KEY}
     with log.open("w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
@@ -315,6 +438,13 @@ def test_serve_cli_starts_and_answers(bundle, tiny_model_dir, tmp_path):
                                         messages=[{"role": "user", "content": "hi"}])
         assert res.choices[0].finish_reason in ("stop", "length")
         assert [m.id for m in c.models.list().data] == ["cli-model"]
+        # --lock-context: a system message is appended, replacing or bypassing is a 403.
+        res = c.chat.completions.create(model="cli-model", max_tokens=4, messages=[
+            {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}])
+        assert res.choices[0].finish_reason in ("stop", "length")
+        with pytest.raises(openai.PermissionDeniedError, match="context_locked"):
+            c.completions.create(model="cli-model", prompt="x", max_tokens=2,
+                                 extra_body={"raw": True})
     finally:
         proc.terminate()
         proc.wait()

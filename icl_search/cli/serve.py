@@ -22,8 +22,6 @@ class SystemModeName(StrEnum):
     replace = "replace"
 
 
-
-
 def _note(msg: str) -> None:
     _err.print(escape(msg), highlight=False, soft_wrap=True)
 
@@ -59,6 +57,15 @@ def serve_cmd(
         help="A system message in a request: append it to the bundle's preamble, or replace "
              "the preamble (a request may choose with \"icl_system_mode\").")
     ] = SystemModeName.append,
+    lock_context: Annotated[bool, typer.Option(
+        "--lock-context",
+        help="Refuse (403) requests that replace the bundle's preamble (\"icl_system_mode\": "
+             "\"replace\") or bypass it (\"raw\": true). Also set by the bundle's "
+             "lock_context field. Default: unlocked, the key holder is trusted.")] = False,
+    docs: Annotated[bool | None, typer.Option(
+        "--docs/--no-docs",
+        help="Serve /docs and /openapi.json (default: only without --api-key; with a key "
+             "they need it too).")] = None,
     max_concurrency: Annotated[int | None, typer.Option(
         "--max-concurrency", min=1,
         help="Requests generating at once (default: no cap; vLLM batches them).")] = None,
@@ -93,6 +100,9 @@ def serve_cmd(
             bundle.selector()  # fail now, with the bundle's message, not on the first request
         except BundleError as exc:
             _fail(str(exc))
+    if lock_context and system_mode is SystemModeName.replace:
+        _fail("--lock-context and --system-mode replace contradict each other: a locked "
+              "context's preamble is never replaced")
     if not _is_loopback(host) and not api_key:
         _note(f"warning: serving on {host} without --api-key: anyone who can reach this "
               "address can use the model")
@@ -105,7 +115,8 @@ def serve_cmd(
     engine = AsyncVLLMEngine(target, max_model_len=max_model_len,
                              kv_cache_memory_bytes=kv_cache_memory_bytes)
     application = create_app(bundle, engine, model_name=served_model_name, api_key=api_key,
-                             system_mode=system_mode.value, max_concurrency=max_concurrency)
+                             system_mode=system_mode.value, max_concurrency=max_concurrency,
+                             lock_context=lock_context, docs=docs)
     _note(f"serving {bundle.describe()} as {application.state.model_name!r} on "
           f"http://{host}:{port}/v1 (starting the engine ...)")
     uvicorn.run(application, host=host, port=port, log_level=log_level)

@@ -23,6 +23,25 @@ from icl_search.engines.vllm import VLLM_MISSING, _has_gpu, engine_args
 from icl_search.models import resolve_model
 
 
+class RequestError(EngineError):
+    """vLLM refused one request's parameters or prompt: the client's mistake (HTTP 400), not
+    the engine's. `param` names the field when vLLM says which."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+def _client_errors() -> tuple[type[BaseException], ...]:
+    # vLLM's request errors (`VLLMClientError`, e.g. min_tokens > max_tokens) and the plain
+    # ValueError/TypeError it still raises for some checks (a prompt longer than the window).
+    try:
+        from vllm.exceptions import VLLMClientError
+    except ImportError:  # older vLLM
+        return (ValueError, TypeError)
+    return (VLLMClientError, ValueError, TypeError)
+
+
 @dataclass
 class Delta:
     """One step of a generation: the text added since the previous step.
@@ -127,27 +146,51 @@ class AsyncVLLMEngine:
 
         `extra` passes further `vllm.SamplingParams` fields (e.g. `top_k`, `min_tokens`,
         `ignore_eos`, `presence_penalty`). Cancelling the iteration aborts the request.
+        Parameters or a prompt vLLM refuses raise `RequestError` before the first delta.
         """
         if self._llm is None:
             raise EngineError("the engine is not started: await engine.start() first")
         from vllm import SamplingParams as VSP
         from vllm.sampling_params import RequestOutputKind
 
+        refused = _client_errors()
         ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        sp = VSP(
-            max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
-            repetition_penalty=params.repetition_penalty, stop=list(params.stop) or None,
-            seed=params.seed,
-            output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
-            **extra,
-        )
+        try:
+            sp = VSP(
+                max_tokens=params.max_tokens, temperature=params.temperature,
+                top_p=params.top_p, repetition_penalty=params.repetition_penalty,
+                stop=list(params.stop) or None, seed=params.seed,
+                output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+                **extra,
+            )
+        except refused as exc:
+            raise RequestError(_one_line(exc), getattr(exc, "parameter", None)) from None
         rid = request_id or uuid.uuid4().hex
         n_out = 0
         # Token ids, not text: the prompt was budgeted with exactly these tokens.
-        async for out in self._llm.generate({"prompt_token_ids": ids}, sp, request_id=rid):
-            c = out.outputs[0]
-            n_out = len(c.token_ids) if not stream else n_out + len(c.token_ids)
-            yield Delta(
-                text=c.text, completion_tokens=n_out, prompt_tokens=len(ids),
-                finish_reason=(c.finish_reason or "stop") if out.finished else None,
-            )
+        outputs = self._llm.generate({"prompt_token_ids": ids}, sp, request_id=rid)
+        try:
+            try:
+                out = await anext(outputs)
+            except StopAsyncIteration:
+                return
+            except refused as exc:  # checked when the request is added, before any token
+                raise RequestError(_one_line(exc), getattr(exc, "parameter", None)) from None
+            while True:
+                c = out.outputs[0]
+                n_out = len(c.token_ids) if not stream else n_out + len(c.token_ids)
+                yield Delta(
+                    text=c.text, completion_tokens=n_out, prompt_tokens=len(ids),
+                    finish_reason=(c.finish_reason or "stop") if out.finished else None,
+                )
+                try:
+                    out = await anext(outputs)
+                except StopAsyncIteration:
+                    break
+        finally:
+            # Closing vLLM's generator aborts the request (a client that left mid-stream).
+            await outputs.aclose()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

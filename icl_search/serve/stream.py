@@ -1,0 +1,108 @@
+"""Streaming: `Template.clean` applied to text that arrives in pieces, and server-sent events.
+
+While streaming, text that could still turn out to be the start of a stop string or the
+closing fence is held back until it is decided, so the streamed pieces join to exactly the
+non-streamed answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from fastapi.responses import StreamingResponse
+
+from icl_search.prompt import Template
+from icl_search.serve.protocol import APIError
+
+log = logging.getLogger("icl_search.serve")
+
+
+def _partial_suffix(text: str, markers: Sequence[str], *, whole: bool = False) -> int:
+    """Length of the longest suffix of `text` that is a prefix of a marker (a proper prefix,
+    or with `whole=True` possibly the whole marker)."""
+    best = 0
+    for m in markers:
+        top = min(len(m) if whole else len(m) - 1, len(text))
+        for n in range(top, best, -1):
+            if text.endswith(m[:n]):
+                best = n
+                break
+    return best
+
+
+class StreamCleaner:
+    """`Template.clean` applied to text that arrives in pieces.
+
+    `feed` returns the part of the cleaned answer that no continuation can change; `finish`
+    returns the rest. Joined, the pieces equal `template.clean(whole text)`.
+    """
+
+    def __init__(self, template: Template):
+        self.template = template
+        self.raw = ""
+        self.sent = ""
+
+    def _emit(self, target: str) -> str:
+        if not target.startswith(self.sent):  # cannot happen for `clean`; never re-send text
+            log.warning("stream cleaner: final text diverged from the streamed prefix")
+            return ""
+        new = target[len(self.sent):]
+        self.sent = target
+        return new
+
+    def feed(self, text: str) -> str:
+        self.raw += text
+        return self._emit(self._settled())
+
+    def finish(self) -> str:
+        return self._emit(self.template.clean(self.raw))
+
+    def _settled(self) -> str:
+        t = self.template
+        f = t.fence
+        hits = [i for i in (self.raw.find(s) for s in t.stop) if i != -1]
+        if hits:
+            text = self.raw[:min(hits)]
+        else:
+            # A tail that may grow into a stop string is undecided.
+            text = self.raw[: len(self.raw) - _partial_suffix(self.raw, t.stop)]
+        body = text.lstrip()
+        head = f + "\n"
+        if head.startswith(body):
+            return ""  # it may still become the answer block's opening fence
+        if body.startswith(head):
+            body = body[len(head):].lstrip()
+        # Trailing whitespace, and a trailing (partial) fence with the whitespace before it,
+        # may be the end of the answer block: clean() would remove them.
+        body = body.rstrip()
+        body = body[: len(body) - _partial_suffix(body, (f,), whole=True)].rstrip()
+        return body
+
+
+def sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def event_stream(chunks: AsyncIterator[dict[str, Any]],
+                 headers: dict[str, str] | None = None) -> StreamingResponse:
+    """Chunks as server-sent events ending in `[DONE]`; an error after the first chunk is
+    reported in-band (the status line has gone) and the server keeps serving."""
+    async def events() -> AsyncIterator[str]:
+        try:
+            async for c in chunks:
+                yield sse(c)
+        except APIError as exc:
+            yield sse(exc.body())
+        except Exception as exc:  # the stream has started: report in-band, keep serving
+            log.exception("error while streaming")
+            yield sse(APIError(500, f"internal error: {type(exc).__name__}: {exc}",
+                               type="server_error").body())
+        yield "data: [DONE]\n\n"
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", **(headers or {})})
+
+
+__all__ = ["StreamCleaner", "event_stream", "sse"]
