@@ -29,6 +29,7 @@ $(STAMP): pyproject.toml
 # The main job on the embedded default (Gemma 3 270M base, CPU): study -> bundle -> report.
 demo: setup
 	$(BIN)/icl-search models prepare
+	$(BIN)/icl-search judge prepare
 	$(BIN)/icl-search study run studies/demo.toml
 	$(BIN)/icl-search export studies/demo.toml --out runs/demo/bundle.json --format urial
 	$(BIN)/icl-search study report studies/demo.toml --out runs/demo/report

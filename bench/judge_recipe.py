@@ -56,6 +56,7 @@ def main() -> None:
     ev_a = [g for g in alpaca if g.id in te_a][:args.eval_queries]
     ev_s = [g for g in safety if g.id in te_s][:args.eval_safety]
     rows = []
+    eval_seconds = [0.0]  # checkpoint scoring is not training time
 
     def on_step(step, model, tok, seconds):
         if step not in checkpoints:
@@ -64,6 +65,7 @@ def main() -> None:
         items = [(g.query, a.text) for g in ev_a + ev_s for a in g.answers]
         raw = predict(model, tok, recipe, items)
         score_s = time.perf_counter() - t
+        eval_seconds[0] += score_s
         qa, sa, k = {}, {}, 0
         for g in ev_a:
             qa[g.id] = raw[k:k + len(g.answers), 0]
@@ -72,7 +74,7 @@ def main() -> None:
             sa[g.id] = raw[k:k + len(g.answers), 1]
             k += len(g.answers)
         f = preference_figures(ev_a, qa, lc_winrate=lc)
-        row = {"step": step, "train_seconds": round(seconds, 1),
+        row = {"step": step, "train_seconds": round(seconds - eval_seconds[0] + score_s, 1),
                "matched": round(f["agreement_matched"], 4), "all": round(f["agreement_all"], 4),
                "longer_matched": round(f["longer_matched"], 4),
                "matched_pairs": f["matched_pairs"], "safety_auc": round(safety_auc(ev_s, sa), 4),

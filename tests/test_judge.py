@@ -213,7 +213,8 @@ def test_length_controlled_removes_the_length_effect():
 
 # -- spec grammar ------------------------------------------------------------------------------
 @pytest.mark.parametrize("spec,kind,rest", [
-    ("default", "logprob", "vllm:default"),
+    ("default", "reward", "default"),
+    ("reward:/judges/r", "reward", "/judges/r"),
     ("vllm:/models/x", "logprob", "vllm:/models/x"),
     ("logprob:vllm:default", "logprob", "vllm:default"),
     ("sample:openai:http://h:1/v1", "sample", "openai:http://h:1/v1"),

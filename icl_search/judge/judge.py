@@ -171,7 +171,7 @@ def make_judge(spec: str = "default", *, engine=None, cache=None,
         if rest == "default":
             from icl_search.judge.prepare import prepare_default
 
-            rest = str(prepare_default(opts.get("data"), say=opts.get("say", print)))
+            rest = str(prepare_default(opts.get("data"), say=opts.get("say", _say)))
         backend = RewardBackend(rest, **{k: v for k, v in opts.items()
                                    if k in ("batch_size", "threads")})
     elif kind in ("logprob", "sample"):
@@ -198,6 +198,13 @@ def make_judge(spec: str = "default", *, engine=None, cache=None,
                              or ("EMPTY" if api_base and _no_provider_key(model) else None))
         backend = ChatBackend(model, api_base or None, **chat_opts)
     return Judge(backend, RubricSet.load(backend.mode, rubric, safety_rubric), cache=cache)
+
+
+def _say(message: str) -> None:
+    # Preparation notices go to stderr: stdout may carry a command's results.
+    import sys
+
+    print(message, file=sys.stderr)
 
 
 def _no_provider_key(model: str) -> bool:
