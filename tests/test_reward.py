@@ -32,8 +32,8 @@ TINY = Recipe(max_length=48, query_tokens=12, group_size=4, steps=6, freeze_laye
 # Answers of four systems of rising quality; "long" pads with filler (longer, not better).
 SYSTEMS = {
     "bad": (1.05, "no idea"),
-    "filler": (1.2, "well well well, that is a thing that is a thing that people ask about "
-                    "often and often and so on and so on"),
+    "filler": (1.2, ("well well well, that is a thing that is a thing that people ask about "
+                     "often and often and so on and so on")),
     "ok": (1.5, "It depends; here is one way to do it, step by step."),
     "good": (1.9, "Here is a clear answer: first do A, then B; for example, C. In short: A, B."),
 }

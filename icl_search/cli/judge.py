@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,9 +61,8 @@ def prepare_cmd(
     """Prepare the default judge (`--judge default`): train the reward judge once from the
     reference data (about 10-15 minutes on 2 cores) into $ICL_SEARCH_HOME/judges/; a no-op when
     it is already prepared. Prints the folder."""
-    from icl_search.judge.prepare import prepare_default
-
     from icl_search.errors import IclSearchError
+    from icl_search.judge.prepare import prepare_default
 
     try:
         path = prepare_default(data, force=force, threads=threads,
@@ -85,9 +83,8 @@ def _check_spec(spec: str) -> None:
 
 
 def _read_items(path: Path):
-    from icl_search.judge import to_item
-
     from icl_search.io import read_jsonl_objects
+    from icl_search.judge import to_item
 
     items, seen = [], {}
     try:
@@ -219,7 +216,7 @@ def calibrate(
 
     _check_spec(judge)
     if reference is None:
-        from icl_search.judge.calibration import calibrate_preferences
+        from icl_search.judge.metrics import calibrate_preferences
 
         j = _build_judge(judge, cache, no_cache, rubric, safety_rubric, max_model_len)
         try:

@@ -7,6 +7,7 @@ just-eval's safety AUC (unsafe <= 2 against safe >= 4)."""
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,3 +101,51 @@ def safety_auc(groups: Sequence[Group], scores: dict[str, np.ndarray]) -> float 
                 s.append(float(scores[g.id][i]))
                 y.append(a.preference >= HIGH)
     return auc(s, y)
+
+
+# -- a judge on the held-out preference data ----------------------------------------------
+def calibrate_preferences(judge, data: str | os.PathLike | None = None, *, queries: int | None = None,
+                          safety_queries: int | None = None, progress: bool = False
+                          ) -> dict[str, Any]:
+    """A judge's figures on the held-out queries of the default judge's split (no judge is
+    ever scored on queries it could have trained on): within-query pair agreement with
+    GPT-4-turbo on all pairs and on the length-matched ones (next to "longer" and chance),
+    system Spearman against the LC win rates, NullModel's rank among the systems, just-eval
+    safety AUC, and items/s of the scoring call. `queries` / `safety_queries` keep the first
+    N held-out queries (a slow judge's subsample; the figures say how many)."""
+    import time
+
+    from icl_search.judge.alpaca import data_dir, load_lc_winrate
+    from icl_search.judge.prepare import split_groups
+    from icl_search.judge.result import JudgeItem
+
+    root = data_dir(data)
+    _, held_a, held_s = split_groups(root)
+    held_a = held_a[:queries] if queries else held_a
+    held_s = held_s[:safety_queries] if safety_queries else held_s
+    items = [JudgeItem(f"a{g.id}/{i}", g.query, a.text, "regular")
+             for g in held_a for i, a in enumerate(g.answers)]
+    items += [JudgeItem(f"s{g.id}/{i}", g.query, a.text, "safety")
+              for g in held_s for i, a in enumerate(g.answers)]
+    t0 = time.perf_counter()
+    result = judge.score(items, progress=progress)
+    seconds = time.perf_counter() - t0
+    fresh = sum(not it.cached for it in result.items)
+    flat = []
+    for it in result.items:
+        vals = [v for v in it.scores.values() if v is not None]
+        flat.append(float(np.mean(vals)) if vals else float("nan"))
+    scores_a, scores_s, k = {}, {}, 0
+    for g in held_a:
+        scores_a[g.id] = np.nan_to_num(np.array(flat[k:k + len(g.answers)]), nan=-1e9)
+        k += len(g.answers)
+    for g in held_s:
+        scores_s[g.id] = np.nan_to_num(np.array(flat[k:k + len(g.answers)]), nan=-1e9)
+        k += len(g.answers)
+    out = preference_figures(held_a, scores_a, lc_winrate=load_lc_winrate(root))
+    out.update(judge=judge.id, data=str(root), safety_queries=len(held_s),
+               safety_auc=safety_auc(held_s, scores_s), items=len(items),
+               unscored=int(sum(math.isnan(x) for x in flat)),
+               seconds=round(seconds, 1), items_judged=fresh,
+               items_per_s=round(fresh / seconds, 2) if fresh and seconds > 0 else None)
+    return out
