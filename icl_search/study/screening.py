@@ -31,8 +31,8 @@ from icl_search.judge import JudgeResult
 def resolve_spec(cfg, spec: str) -> str:
     """`distilled:DIR` with DIR relative to the config file's folder, like every other path."""
     kind, sep, rest = spec.partition(":")
-    if kind == "distilled" and sep and rest:
-        return f"distilled:{cfg.path(rest)}"
+    if kind in ("distilled", "reward") and sep and rest and rest != "default":
+        return f"{kind}:{cfg.path(rest)}"
     return spec
 
 
