@@ -55,6 +55,7 @@ from pydantic import (
 )
 
 from icl_search.engines.base import SamplingParams
+from icl_search.errors import IclSearchError
 from icl_search.io import write_json
 from icl_search.pool import DEFAULT_CATEGORY, Example
 from icl_search.prompt import Budget, Fit, Template
@@ -75,7 +76,7 @@ _SECRET_PARAMS = {"password", "passwd", "pwd", "sslpassword", "secret", "token",
                   "apikey", "access_key", "secret_key", "auth", "key"}
 
 
-class BundleError(ValueError):
+class BundleError(IclSearchError, ValueError):
     """A bundle file is unreadable or invalid, or its pool no longer matches it.
 
     The message names the file and the field (or both fingerprints for a changed pool).

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from icl_search.errors import IclSearchError
 
-class EngineError(RuntimeError):
+
+class EngineError(IclSearchError, RuntimeError):
     """A backend could not answer (unreachable endpoint, bad model path, server error)."""
 
 

@@ -42,8 +42,10 @@ from typing import Any
 
 import numpy as np
 
+from icl_search.errors import IclSearchError
 
-class RewardError(RuntimeError):
+
+class RewardError(IclSearchError, RuntimeError):
     """The reward model cannot be loaded or run; one clear message."""
 
 

@@ -15,8 +15,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from icl_search.errors import IclSearchError
 
-class ConfigError(ValueError):
+
+class ConfigError(IclSearchError, ValueError):
     """The study config is invalid; the message names the file and the field."""
 
 

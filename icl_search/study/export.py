@@ -9,13 +9,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from icl_search.errors import IclSearchError
 from icl_search.study.config import StudyConfig
 from icl_search.study.space import TrialSpec, system_choices
 
 EXPORT_ATTR = "export"
 
 
-class ExportError(ValueError):
+class ExportError(IclSearchError, ValueError):
     """The study or trial cannot be exported (none finished, unknown trial, ...)."""
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from icl_search.errors import IclSearchError
 from icl_search.study.config import StudyConfig
 from icl_search.study.evaluate import Evaluator, TrialEvaluation
 from icl_search.study.space import (
@@ -47,7 +48,7 @@ LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 BASELINE_ATTR = "baseline_enqueued"
 
 
-class StudyError(RuntimeError):
+class StudyError(IclSearchError, RuntimeError):
     """The study cannot go on (e.g. the judge keeps failing coverage)."""
 
 
