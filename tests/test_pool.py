@@ -133,7 +133,7 @@ def test_validate_jsonl_reports_every_problem_on_its_line(tmp_path):
         (14, "category"), (15, "id"),
     }
     text = {p.line: str(p) for p in problems}
-    assert text[2].startswith(f"{path}:2: invalid JSON")
+    assert text[2].startswith(f"{path}:2: not valid JSON")
     assert text[4] == f"{path}:4: answer: missing field"
     assert text[6] == f"{path}:6: id: duplicate id 'ok-1' (first at line 1)"
     assert "same text as id 'ok-1' (line 1)" in text[7]
@@ -142,7 +142,7 @@ def test_validate_jsonl_reports_every_problem_on_its_line(tmp_path):
     with pytest.raises(PoolError) as err:
         Pool.load(path)
     msg = str(err.value)
-    assert f"{path}: 13 problems" in msg and f"{path}:2: invalid JSON" in msg
+    assert f"{path}: 13 problems" in msg and f"{path}:2: not valid JSON" in msg
     assert "and 8 more" in msg
     assert len(err.value.problems) == 13
 
@@ -415,10 +415,10 @@ def test_cli_validate(tmp_path):
     assert result.exit_code == 0 and result.stdout.strip() == "ok: 3 examples"
     bad = write_jsonl(tmp_path / "bad.jsonl", [row("a", "Q?"), row("a", "Other?"), "{"])
     result = runner.invoke(app, ["pool", "validate", str(bad)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.stdout.splitlines() == [
         f"{bad}:2: id: duplicate id 'a' (first at line 1)",
-        f"{bad}:3: invalid JSON: Expecting property name enclosed in double quotes (column 2)"]
+        f"{bad}:3: not valid JSON (Expecting property name enclosed in double quotes, column 2)"]
     assert "2 problems" in result.stderr
 
 

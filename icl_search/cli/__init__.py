@@ -7,6 +7,9 @@ import warnings
 from typing import NoReturn
 
 import typer
+from typer.core import TyperGroup
+
+from icl_search.errors import IclSearchError
 
 # Deprecation notices from vLLM/torch internals are not actionable for a CLI user.
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -29,8 +32,21 @@ def fail(msg: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+class _Group(TyperGroup):
+    """The root command group: any `IclSearchError` a command lets through (a bad file,
+    field, spec or study) ends as `fail(message)`, so no command needs its own list of
+    error classes to catch, and none ends in a traceback for a user's mistake."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except IclSearchError as exc:
+            fail(str(exc))
+
+
 app = typer.Typer(
     name="icl-search",
+    cls=_Group,
     help="Find, export and serve the in-context (URIAL) prompt that aligns a base LLM.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

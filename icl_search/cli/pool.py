@@ -25,8 +25,6 @@ _out = Console()
 ImportFormat = StrEnum("ImportFormat", {f: f for f in IMPORT_FORMATS})
 
 
-
-
 def _warn(msg: str) -> None:
     _err.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True)
 
@@ -35,7 +33,12 @@ def _warn(msg: str) -> None:
 def validate_cmd(
     file: Annotated[Path, typer.Argument(help="Pool file (.jsonl, .parquet or .csv).")],
 ) -> None:
-    """Report every problem in a pool file as FILE:LINE: FIELD: MESSAGE; exit 1 if any."""
+    """Report every problem in a pool file as FILE:LINE: FIELD: MESSAGE; exit 2 if any.
+
+    A misspelled field (`qeury`) is a problem; other unknown fields go to `meta`.
+
+    Example: icl-search pool validate pools/demo.jsonl
+    """
     from icl_search.pool import check
 
     examples, problems = check(file)
@@ -44,7 +47,7 @@ def validate_cmd(
     if problems:
         typer.echo(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {file}",
                    err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(2)
     typer.echo(f"ok: {len(examples)} examples")
 
 
@@ -64,7 +67,7 @@ def import_cmd(
 
     Rows that would not validate are left out with a warning, so OUT always validates.
     """
-    from icl_search.pool import PoolError, import_file, system_path, write_system
+    from icl_search.pool import import_file, system_path, write_system
 
     if out.suffix.lower() not in POOL_SUFFIXES:
         _fail(f"{out}: unsupported pool format {out.suffix or '(no extension)'!r}: "
@@ -73,10 +76,7 @@ def import_cmd(
         _fail(f"--instructions applies to --format just-eval only, not {format.value}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            pool = import_file(format.value, in_path, instructions=instructions)
-        except PoolError as exc:
-            _fail(str(exc))
+        pool = import_file(format.value, in_path, instructions=instructions)
     for w in caught:
         _warn(str(w.message))
     if not pool.examples:
@@ -101,12 +101,9 @@ def stats_cmd(
     """Counts per category and source, and query/answer lengths in words and tokens."""
     import polars as pl
 
-    from icl_search.pool import Pool, PoolError
+    from icl_search.pool import Pool
 
-    try:
-        pool = Pool.load(file)
-    except PoolError as exc:
-        _fail(str(exc))
+    pool = Pool.load(file)
     frame = pool.to_frame().select(
         "category", "source",
         pl.col("query").str.count_matches(r"\S+").alias("query_words"),
@@ -212,24 +209,21 @@ def bootstrap_cmd(
     from tqdm.auto import tqdm
 
     from icl_search.bootstrap import bootstrap, grow_pool
-    from icl_search.bundle import Bundle, BundleError
+    from icl_search.bundle import Bundle
     from icl_search.cache import Cache
-    from icl_search.engines import CachedEngine, EngineError, make_engine
-    from icl_search.evalset import QueryFileError, load_queries
-    from icl_search.judge import JudgeError, make_judge
-    from icl_search.models import ModelError
-    from icl_search.pool import Pool, PoolError
+    from icl_search.engines import CachedEngine, make_engine
+    from icl_search.errors import IclSearchError
+    from icl_search.evalset import load_queries
+    from icl_search.judge import make_judge
+    from icl_search.pool import Pool
 
     if out.suffix.lower() not in POOL_SUFFIXES:
         _fail(f"--out {out}: unsupported pool format {out.suffix or '(no extension)'!r}: use one "
               f"of {', '.join(POOL_SUFFIXES)}")
-    try:
-        b = Bundle.load(bundle)
-        existing = Pool.load(pool)
-        qs = load_queries(queries)
-        evals = [q for p in eval_set or [] for q in load_queries(p)]
-    except (BundleError, PoolError, QueryFileError) as exc:
-        _fail(str(exc))
+    b = Bundle.load(bundle)
+    existing = Pool.load(pool)
+    qs = load_queries(queries)
+    evals = [q for p in eval_set or [] for q in load_queries(p)]
     spec = model or b.model
     if not spec.startswith(("vllm:", "openai:")):
         spec = f"vllm:{spec}"
@@ -239,7 +233,7 @@ def bootstrap_cmd(
         # a logprob judge on the answering model reuses its engine instead of loading it twice
         j = make_judge(judge, cache=cache,
                        engine=engine if judge in (spec, f"logprob:{spec}") else None)
-    except (EngineError, ModelError, JudgeError, ValueError, OSError) as exc:
+    except (ValueError, OSError) as exc:  # a bad spec or path from a library below ours
         _fail(str(exc))
     bar = tqdm(total=3, desc="bootstrap", unit="stage", file=sys.stderr)
 
@@ -252,9 +246,9 @@ def bootstrap_cmd(
                         threshold=threshold, eval_queries=evals, dup_threshold=dup_threshold,
                         rules="default" if rules else None, bundle_ref=str(bundle),
                         progress=progress)
-    except (EngineError, JudgeError) as exc:
+    except IclSearchError:
         bar.close()
-        _fail(str(exc))
+        raise
     bar.close()
     grow_pool(existing, res, out)
     if report is not None:
