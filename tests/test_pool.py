@@ -462,3 +462,73 @@ def test_cli_stats_counts_categories_sources_and_tokens(tmp_path):
     assert "tokens" not in result.stdout
     result = runner.invoke(app, ["pool", "stats", str(tmp_path / "missing.jsonl")])
     assert result.exit_code == 2 and "pool file not found" in result.stderr
+
+
+# -- bad inputs (issues 15, 16) ------------------------------------------------------------
+def test_misspelled_field_is_an_error_naming_the_field_it_misspells(tmp_path):
+    path = write_jsonl(tmp_path / "typo.jsonl", [
+        row("ok", "Fine?"),
+        json.dumps({"id": "t", "qeury": "Misspelled?", "answer": "An answer."}),
+        json.dumps({"id": "g", "query": "Tagged?", "answer": "An answer.", "tag": "x"}),
+        json.dumps({"id": "m", "query": "Labelled?", "answer": "An answer.", "grade": 3}),
+    ])
+    assert [str(p) for p in validate(path)] == [
+        f"{path}:2: unknown field 'qeury', did you mean 'query'?",
+        f"{path}:3: unknown field 'tag', did you mean 'tags'?",
+    ]
+    # a field that misspells nothing is someone's own label: kept in meta
+    ok, _ = check(path)
+    assert [(e.id, e.meta) for e in ok] == [("ok", {}), ("m", {"grade": 3})]
+    csv = tmp_path / "typo.csv"
+    csv.write_text("id,qeury,answer\na,Query?,Answer.\n", encoding="utf-8")
+    assert [str(p) for p in validate(csv)] == [
+        f"{csv}:1: unknown column 'qeury', did you mean 'query'?"]
+
+
+def test_cli_validate_of_a_misspelled_field_exits_2(tmp_path):
+    path = write_jsonl(tmp_path / "typo.jsonl", [
+        json.dumps({"id": "t", "qeury": "Misspelled?", "answer": "An answer."})])
+    result = runner.invoke(app, ["pool", "validate", str(path)])
+    assert result.exit_code == 2
+    assert result.stdout == f"{path}:1: unknown field 'qeury', did you mean 'query'?\n"
+
+
+@pytest.mark.parametrize("name, content", [("empty.jsonl", ""), ("blank.jsonl", "\n\n"),
+                                           ("header.csv", "id,query,answer\n")])
+def test_an_empty_pool_file_is_an_error(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    result = runner.invoke(app, ["pool", "validate", str(path)])
+    assert result.exit_code == 2
+    assert result.stdout == f"{path}: no examples: the pool file is empty\n"
+    with pytest.raises(PoolError, match="no examples: the pool file is empty"):
+        Pool.load(path)
+
+
+def test_pool_import_removes_the_temp_file_a_killed_import_left(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "pool.jsonl"
+    # a writer killed (SIGKILL) between writing and renaming leaves its temp file
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, sys\n"
+        "from icl_search.io import atomic_write\n"
+        "with atomic_write(sys.argv[1]) as fh:\n"
+        "    fh.write('half')\n"
+        "    fh.flush()\n"
+        "    os.kill(os.getpid(), 9)\n"), str(out)])
+    assert killed.returncode == -9
+    left = list(tmp_path.glob(".pool.jsonl.*.tmp"))
+    assert len(left) == 1 and not out.exists()
+    # a temp file of a writer still alive (this process) is not touched
+    dead_pid = left[0].name.split(".")[3].split("@")[0]
+    mine = left[0].with_name(left[0].name.replace(f".{dead_pid}@", f".{os.getpid()}@", 1))
+    mine.write_text("in progress")
+    src = write_jsonl(tmp_path / "a.jsonl", ['{"instruction": "Say hi?", "output": "Hi!"}'])
+    result = runner.invoke(app, ["pool", "import", "-f", "alpaca", str(src), str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["a.jsonl", "pool.jsonl", mine.name])
+    assert Pool.load(out).ids == ["a-1"]
