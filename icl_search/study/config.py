@@ -13,7 +13,14 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from icl_search.errors import IclSearchError
 
@@ -70,7 +77,26 @@ class PoolSection(_Strict):
 
 class EvalSection(_Strict):
     path: str
-    limit: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=1, description="first N search queries")
+    confirm: str | None = Field(None, description="confirm query file: evaluated only by the "
+                                "confirmation stage, never by the sampler, pruner or ranking")
+    confirm_fraction: float | None = Field(None, gt=0, lt=1, description="instead of a file: "
+                                           "this share of `path`, chosen by a hash of query id")
+    confirm_limit: int | None = Field(None, ge=1, description="first N confirm queries")
+    confirm_top: int = Field(3, ge=1, description="trials (by search score) confirmed")
+    confirm_after_run: bool = Field(True, description="confirm when `study run` ends")
+    overlap_cosine: float = Field(0.95, gt=0, le=1, description="a confirm query this close "
+                                  "(embedder cosine) to a search query is refused")
+
+    @model_validator(mode="after")
+    def _one_confirm_set(self) -> EvalSection:
+        if self.confirm and self.confirm_fraction:
+            raise ValueError("give either confirm (a file) or confirm_fraction, not both")
+        return self
+
+    @property
+    def has_confirm(self) -> bool:
+        return bool(self.confirm or self.confirm_fraction)
 
 
 class DecodingSection(_Strict):
@@ -87,6 +113,9 @@ Strategy = Literal["fixed", "knn", "mmr", "hybrid", "balanced"]
 class BaselineSection(_Strict):
     system: str | None = Field(None, description="preamble file (default: the first one)")
     example_ids: list[str] = Field(default_factory=list, description="the fixed example set")
+    urial: str | None = Field(None, description="a URIAL-format prompt file (e.g. URIAL's "
+                              "inst_1k.txt): a second baseline the confirm stage reports "
+                              "gains against; read where it is, never copied")
 
 
 class SearchSection(_Strict):
@@ -224,6 +253,10 @@ class StudyConfig(_Strict):
     def check_files(self) -> None:
         """Every file the study reads must exist: fail before any model is loaded."""
         fields = [("pool.path", self.pool.path), ("eval.path", self.eval.path)]
+        if self.eval.confirm:
+            fields.append(("eval.confirm", self.eval.confirm))
+        if self.search.baseline.urial:
+            fields.append(("search.baseline.urial", self.search.baseline.urial))
         fields += [(f"search.system_prompts[{i}]", p)
                    for i, p in enumerate(self.search.system_prompts)]
         if self.judge.rubric:
