@@ -3,7 +3,10 @@ log-probabilities (or sampled), or a chat endpoint through DSPy answering in JSO
 
 A backend turns (item, rubric) pairs into `Verdict`s and knows nothing of caching or
 aggregation. A verdict's `cacheable` is False when the miss came from the transport (a
-timeout, a refused connection): asking again later may succeed, so it must not be stored.
+timeout, a refused connection, an HTTP 500): asking again later may succeed, so it must not
+be stored. Malformed replies (HTML with status 200, non-numeric or impossible
+log-probabilities, unreadable JSON) are misses with a reason, never exceptions; a judge
+stops with one `JudgeError` only when every request of its first call failed.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any, Protocol
 
 from icl_search.engines.base import Engine, SamplingParams
 from icl_search.errors import IclSearchError
-from icl_search.judge.parsing import Parsed, parse_judgement, repair_request
+from icl_search.judge.parsing import MAX_REPLY_CHARS, Parsed, parse_judgement, repair_request
 from icl_search.judge.result import JudgeItem
 from icl_search.judge.rubric import Rubric
 
@@ -183,6 +186,7 @@ class EngineBackend:
             try:
                 completions = self.engine.generate(prompts, self.params, progress=progress)
             except EngineError as e:
+                # Every request of the call failed. Before any answer: the endpoint is dead.
                 if not self._reached:
                     raise JudgeError(f"judge {self.id}: the judge model cannot be used: "
                                      f"{_one_line(e)}") from None
@@ -192,6 +196,10 @@ class EngineBackend:
                     verdicts[i].missing[aspect] = f"error: {_one_line(e)[:200]}"
                     verdicts[i].cacheable = False
                 return verdicts
+            failed = [c for c in completions if c.error or c.finish_reason == "error"]
+            if not self._reached and len(failed) == len(completions):
+                raise JudgeError(f"judge {self.id}: every request of the first call failed: "
+                                 f"{failed[-1].error or 'engine error'}")
             self._reached = True
             for (i, aspect), c in zip(where, completions, strict=True):
                 self._read(verdicts[i], aspect, c)
@@ -209,7 +217,12 @@ class EngineBackend:
             else:
                 verdict.scores[aspect] = float(m.group(1))
             return
-        score, mass = expected_score(*(c.logprobs or [])[:2])
+        positions = (c.logprobs or [])[:2]
+        bad = _impossible_logprob(positions)
+        if bad is not None:
+            verdict.missing[aspect] = f"invalid: {bad}"
+            return
+        score, mass = expected_score(*positions)
         if score is None:
             verdict.missing[aspect] = (f"no-score-token: none of 1-5 among the top-{self.top_k} "
                                        f"next tokens")
@@ -222,17 +235,24 @@ class EngineBackend:
 class ChatBackend:
     """An OpenAI-compatible (or any LiteLLM-routed) chat model through `dspy.LM`.
 
-    The JSON rubric goes out as one user message; an answer that cannot be read gets up to
-    `max_retries` repair requests in the same conversation, after which its unread aspects are
-    missing. The first request is sent alone: if the endpoint cannot be reached at all the
-    judge stops with one message instead of recording a miss for every item.
+    The JSON rubric goes out as one user message, with the answer's JSON schema as the
+    request's `response_format` (structured output: an endpoint that has it, such as `vllm
+    serve` or OpenAI, can only answer in that shape). An endpoint that refuses the schema
+    (HTTP 400) is asked again without it, and from then on without it; `structured=False`
+    never sends it. An answer that cannot be read gets up to `max_retries` repair requests in
+    the same conversation, after which its unread aspects are missing.
+
+    A failed request is a miss that is not cached. The judge stops with one message only when
+    the endpoint is dead: every request of the first call failed (timeouts aside: a slow
+    endpoint is left to `min_coverage`).
     """
 
     mode = "json"
 
     def __init__(self, model: str, api_base: str | None = None, *, api_key: str | None = None,
                  temperature: float = 0.0, max_tokens: int = 1024, timeout: float = 120.0,
-                 num_retries: int = 2, max_retries: int = 2, concurrency: int = 8):
+                 num_retries: int = 2, max_retries: int = 2, concurrency: int = 8,
+                 structured: bool = True):
         import dspy
 
         self.model = model
@@ -241,6 +261,7 @@ class ChatBackend:
         self.max_tokens = max_tokens
         self.max_retries = max_retries
         self.concurrency = max(1, int(concurrency))
+        self.structured = structured
         self.id = f"dspy:{model}" + (f"@{api_base}" if api_base else "")
         kwargs: dict[str, Any] = {"timeout": timeout}
         if api_base:
@@ -253,16 +274,31 @@ class ChatBackend:
         self._reached = False
         self._lock = threading.Lock()
 
-    def _ask(self, messages: list[tuple[str, str]]) -> str:
+    def _ask(self, messages: list[tuple[str, str]], aspects: tuple[str, ...]) -> str:
         from dspy import lm15
+        from dspy.utils.exceptions import LMInvalidRequestError, LMUnsupportedFeatureError
 
         msgs = tuple(lm15.Message.user(t) if role == "user" else lm15.Message.assistant(t)
                      for role, t in messages)
-        request = lm15.Request(model=self.model, messages=msgs, config=lm15.Config(
-            max_tokens=self.max_tokens, temperature=self.temperature))
-        return self.lm(request).text or ""
+        structured = self.structured
 
-    def _one(self, item: JudgeItem, rubric: Rubric) -> Verdict:
+        def request(schema: bool):
+            return lm15.Request(model=self.model, messages=msgs, config=lm15.Config(
+                max_tokens=self.max_tokens, temperature=self.temperature,
+                response_format=answer_schema(aspects) if schema else None))
+        try:
+            return self.lm(request(structured)).text or ""
+        except (LMInvalidRequestError, LMUnsupportedFeatureError) as e:
+            # A 404 (no such route, no such model) is not about the schema: no second try.
+            if not structured or getattr(e, "status", None) not in (None, 400, 422):
+                raise
+            text = self.lm(request(False)).text or ""
+            with self._lock:
+                self.structured = False  # refused with the schema, answered without it
+            return text
+
+    def _one(self, item: JudgeItem, rubric: Rubric) -> tuple[Verdict, str | None]:
+        """The verdict, and the transport error when no answer came at all."""
         from dspy.utils.exceptions import LMError
 
         messages = [("user", rubric.render(item.query, item.response))]
@@ -270,7 +306,7 @@ class ChatBackend:
         attempts = 0
         try:
             while True:
-                answer = self._ask(messages)
+                answer = self._ask(messages, rubric.aspects)
                 with self._lock:
                     self._reached = True
                 attempt = parse_judgement(answer, rubric.aspects)
@@ -278,19 +314,18 @@ class ChatBackend:
                 if not parsed.needs_repair or attempts >= self.max_retries:
                     break
                 attempts += 1
-                messages += [("assistant", answer), ("user", repair_request(parsed, rubric.aspects))]
+                messages += [("assistant", answer[:MAX_REPLY_CHARS]),
+                             ("user", repair_request(parsed, rubric.aspects))]
         except LMError as e:
-            if not self._reached and not _is_timeout(e):
-                raise JudgeError(f"judge {self.id}: the endpoint cannot be used: "
-                                 f"{_one_line(e)}") from None
             reason = f"error: {_one_line(e)[:200]}"
             if parsed is None:
-                return Verdict(missing={a: reason for a in rubric.aspects}, cacheable=False)
+                return (Verdict(missing={a: reason for a in rubric.aspects}, cacheable=False),
+                        "timeout" if _is_timeout(e) else _one_line(e))
             # Transport failed during a repair: keep what was read, retry the rest next time.
             return Verdict(parsed.scores, dict(parsed.problems), parsed.rationales,
-                           {"repairs": attempts}, cacheable=False)
+                           {"repairs": attempts}, cacheable=False), None
         return Verdict(parsed.scores, dict(parsed.problems), parsed.rationales,
-                       {"repairs": attempts})
+                       {"repairs": attempts}), None
 
     def judge(self, requests: Sequence[tuple[JudgeItem, Rubric]], *,
               progress: bool = False) -> list[Verdict]:
@@ -299,21 +334,51 @@ class ChatBackend:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(requests), desc="judging", unit="item", disable=not progress)
-        out: list[Verdict | None] = [None] * len(requests)
-        start = 0
-        if not self._reached:
-            out[0] = self._one(*requests[0])
-            bar.update(1)
-            start = 1
+        first_call = not self._reached
 
-        def run(i: int) -> None:
-            out[i] = self._one(*requests[i])
+        def run(i: int) -> tuple[Verdict, str | None]:
+            out = self._one(*requests[i])
             bar.update(1)
+            return out
 
         with ThreadPoolExecutor(self.concurrency) as pool:
-            list(pool.map(run, range(start, len(requests))))
+            results = list(pool.map(run, range(len(requests))))
         bar.close()
-        return [v for v in out if v is not None]
+        errors = [e for _, e in results]
+        if first_call and not self._reached and all(errors) \
+                and not all(e == "timeout" for e in errors):
+            last = next(e for e in reversed(errors) if e != "timeout")
+            raise JudgeError(f"judge {self.id}: the endpoint cannot be used: all "
+                             f"{len(errors)} requests of the first call failed: {last}")
+        return [v for v, _ in results]
+
+
+def answer_schema(aspects: Sequence[str]) -> dict[str, Any]:
+    """The JSON rubric's answer as a `response_format` JSON schema: per aspect, a rationale
+    and a whole score from 1 to 5 (or "N/A"), rationale first so the score follows it."""
+    aspect = {"type": "object", "properties": {
+        "rationale": {"type": "string"},
+        "score": {"enum": [1, 2, 3, 4, 5, "N/A"]}},
+        "required": ["rationale", "score"], "additionalProperties": False}
+    return {"type": "json_schema", "name": "judgement", "schema": {
+        "type": "object", "properties": dict.fromkeys(aspects, aspect),
+        "required": list(aspects), "additionalProperties": False}}
+
+
+def _impossible_logprob(positions: Sequence[Any]) -> str | None:
+    """Why a reply's top log-probabilities cannot come from a model, or None. A log-probability
+    is a number <= 0 (or -inf); +50 or NaN means a broken or hostile endpoint."""
+    for top in positions:
+        if not isinstance(top, dict):
+            return f"top log-probabilities {str(top)[:40]!r} are not a mapping"
+        for token, lp in top.items():
+            if isinstance(lp, bool) or not isinstance(lp, (int, float)):
+                return f"log-probability of {token!r} is {lp!r}, not a number"
+            if math.isnan(lp) or lp > 1e-4:
+                return f"log-probability {lp!r} of {token!r} is impossible (must be <= 0)"
+        if sum(math.exp(lp) for lp in top.values()) > 1.01:
+            return "the top log-probabilities add up to a probability above 1"
+    return None
 
 
 def _is_timeout(e: Exception) -> bool:

@@ -3,12 +3,12 @@
 Judges wrap their JSON in fences or prose, nest it (`{"clarity": {"score": "4"}}`) or flatten it
 (`{"clarity": 4, "clarity_rationale": ...}`), write scores as "4", "4/5", "4 out of 5" or
 "N/A", drop aspects, or skip JSON altogether and write "Clarity: 4". `parse_judgement` accepts
-all of these and reports, per aspect, either a score in [1, 5] or why there is none.
+all of these and reports, per aspect, either a score in [1, 5] or why there is none. Answers
+over `MAX_REPLY_CHARS` are refused unread; broken JSON goes through `json_repair`.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import math
 import re
@@ -16,10 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SCORE_MIN, SCORE_MAX = 1.0, 5.0
+#: Replies longer than this are not parsed (a miss, `too-long`): a judge's JSON for the
+#: just-eval aspects takes 1-3k characters, and repairing garbage costs time that grows
+#: faster than its length (json_repair: 0.25 s on 4k characters of nested garbage, 3.4 s on 16k).
+MAX_REPLY_CHARS = 20_000
+#: At most this much text (from the first brace) goes through `json_repair`.
+MAX_REPAIR_CHARS = 4_000
 
 #: Why an aspect has no score. `na` is the judge's own verdict; the others are judge failures
 #: worth a repair request.
-NA, MISSING, INVALID, UNPARSABLE = "n/a", "missing", "invalid", "unparsable"
+NA, MISSING, INVALID, UNPARSABLE, TOO_LONG = "n/a", "missing", "invalid", "unparsable", "too-long"
 
 _NA_WORDS = {"n/a", "na", "none", "null", "not applicable", "n.a.", "-", "not_applicable"}
 _SCORE_KEYS = ("score", "rating", "value", "grade")
@@ -101,66 +107,52 @@ def _rationale(value: Any) -> str | None:
 
 
 def _objects(text: str) -> list[dict]:
-    """Every JSON (or Python-literal) object in the text: fenced blocks first, then inline."""
+    """Every JSON object in the text: fenced blocks first, then inline; strict JSON first,
+    then one `json_repair` pass (single quotes, trailing commas, Python literals, a missing
+    closing brace) over at most `MAX_REPAIR_CHARS` from the first brace."""
     found: list[dict] = []
     chunks = [m.group(1) for m in _FENCE.finditer(text)] + [text]
     decoder = json.JSONDecoder()
     for chunk in chunks:
         i = chunk.find("{")
         while i != -1:
-            obj, end = None, i + 1
             try:
                 obj, end = decoder.raw_decode(chunk, i)
-            except ValueError:
-                obj, end = _lenient(chunk, i)
+            except (ValueError, RecursionError):
+                obj, end = None, i + 1
             if isinstance(obj, dict):
                 found.append(obj)
                 i = chunk.find("{", end)
             else:
                 i = chunk.find("{", i + 1)
         if found:
-            break
+            return found
+    for chunk in chunks:
+        start = chunk.find("{")
+        if start == -1:
+            continue
+        found = _repaired(chunk[start:start + MAX_REPAIR_CHARS])
+        if found:
+            return found
     return found
 
 
-def _lenient(chunk: str, start: int) -> tuple[Any, int]:
-    """Single quotes, trailing commas, Python literals: find the balanced object and retry."""
-    depth, in_str, quote, escaped = 0, False, "", False
-    for j in range(start, len(chunk)):
-        c = chunk[j]
-        if in_str:
-            if escaped:
-                escaped = False
-            elif c == "\\":
-                escaped = True
-            elif c == quote:
-                in_str = False
-        elif c in "\"'":
-            in_str, quote = True, c
-        elif c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                body = chunk[start:j + 1]
-                body = re.sub(r",\s*([}\]])", r"\1", body)
-                for attempt in (lambda b: json.loads(b),
-                                lambda b: ast.literal_eval(b.replace("null", "None")
-                                                           .replace("true", "True")
-                                                           .replace("false", "False"))):
-                    try:
-                        return attempt(body), j + 1
-                    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-                        pass
-                return None, start + 1
-    return None, start + 1
+def _repaired(chunk: str) -> list[dict]:
+    import json_repair
+
+    try:
+        value = json_repair.loads(chunk)
+    except (ValueError, TypeError, RecursionError, MemoryError):  # e.g. nesting too deep
+        return []
+    values = value if isinstance(value, list) else [value]
+    return [v for v in values if isinstance(v, dict) and v]
 
 
 def _norm(key: Any) -> str:
     return re.sub(r"[^a-z]", "", str(key).lower())
 
 
-def _lookup(obj: dict, aspects: tuple[str, ...], nested: bool = False
+def _lookup(obj: dict, aspects: tuple[str, ...], nested: bool = False, depth: int = 0
             ) -> dict[str, tuple[Any, str | None]]:
     """aspect -> (raw score value, rationale) from one object, whatever its shape."""
     out: dict[str, tuple[Any, str | None]] = {}
@@ -185,10 +177,12 @@ def _lookup(obj: dict, aspects: tuple[str, ...], nested: bool = False
                 out[aspects[0]] = (obj[by_norm[k]], _rationale(obj))
                 break
     # Wrapped: {"scores": {...}} / {"ratings": {...}} / {"evaluation": {...}}.
-    if len(out) < len(aspects):
+    # (A few levels only: deeper nesting is garbage, and must not cost a deep recursion.)
+    if len(out) < len(aspects) and depth < 3:
         for value in obj.values():
             if isinstance(value, dict):
-                for aspect, hit in _lookup(value, aspects, nested=True).items():
+                for aspect, hit in _lookup(value, aspects, nested=True,
+                                           depth=depth + 1).items():
                     out.setdefault(aspect, hit)
     return out
 
@@ -211,6 +205,10 @@ def parse_judgement(text: str | None, aspects: tuple[str, ...]) -> Parsed:
     parsed = Parsed()
     if text is None or not text.strip():
         parsed.problems = {a: f"{UNPARSABLE}: empty answer" for a in aspects}
+        return parsed
+    if len(text) > MAX_REPLY_CHARS:
+        parsed.problems = {a: f"{TOO_LONG}: the answer has {len(text):,} characters; at most "
+                              f"{MAX_REPLY_CHARS:,} are read" for a in aspects}
         return parsed
     hits: dict[str, tuple[Any, str | None]] = {}
     for obj in _objects(text):
