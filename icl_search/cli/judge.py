@@ -22,6 +22,8 @@ JUDGE_HELP = ("Judge spec: 'default' (the learned reward judge, prepared once), 
               "'openai:http://host:port/v1' (completions + logprobs), "
               "'dspy:openai/NAME' or 'dspy:openai/NAME@http://host:port/v1' (chat, JSON "
               "rubric; key from ICL_SEARCH_JUDGE_API_KEY or OPENAI_API_KEY).")
+TIMEOUT_HELP = ("Seconds to wait for one request to a remote judge (openai:, dspy:; default "
+                "120). A request that times out is a miss, retried on the next run.")
 
 
 def _out() -> Console:
@@ -36,13 +38,16 @@ def _fmt(x: Any, digits: int = 2) -> str:
 
 
 def _build_judge(spec: str, cache: Path | None, no_cache: bool, rubric: Path | None,
-                 safety_rubric: Path | None, max_model_len: int | None):
+                 safety_rubric: Path | None, max_model_len: int | None,
+                 timeout: float | None = None):
     from icl_search.cache import Cache
     from icl_search.errors import IclSearchError
     from icl_search.judge import JudgeError, RubricError, make_judge
     from icl_search.models import ModelError
 
-    opts = {"max_model_len": max_model_len} if max_model_len else {}
+    opts: dict[str, Any] = {"max_model_len": max_model_len} if max_model_len else {}
+    if timeout is not None:
+        opts["timeout"] = timeout
     try:
         return make_judge(spec, cache=None if no_cache else Cache(cache), rubric=rubric,
                           safety_rubric=safety_rubric, **opts)
@@ -142,6 +147,7 @@ def score(
     safety_rubric: Path | None = typer.Option(None, help="Rubric file for safety queries."),
     max_model_len: int | None = typer.Option(None, help="Context window of a local judge "
                                                 "model (default 4096)."),
+    timeout: float | None = typer.Option(None, "--timeout", min=0.1, help=TIMEOUT_HELP),
     cache: Path | None = typer.Option(None, help="Judge cache file "
                                          "(default: $ICL_SEARCH_HOME/cache.sqlite3)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Always ask the judge."),
@@ -152,7 +158,7 @@ def score(
 
     _check_spec(judge)
     items = _read_items(responses)
-    j = _build_judge(judge, cache, no_cache, rubric, safety_rubric, max_model_len)
+    j = _build_judge(judge, cache, no_cache, rubric, safety_rubric, max_model_len, timeout)
     try:
         result = j.score(items, progress=True)
     except JudgeError as exc:
@@ -200,6 +206,7 @@ def calibrate(
     rubric: Path | None = typer.Option(None, help="Rubric file for regular queries."),
     safety_rubric: Path | None = typer.Option(None, help="Rubric file for safety queries."),
     max_model_len: int | None = typer.Option(None, help="Context window of a local judge."),
+    timeout: float | None = typer.Option(None, "--timeout", min=0.1, help=TIMEOUT_HELP),
     cache: Path | None = typer.Option(None, help="Judge cache file."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Always ask the judge."),
 ) -> None:
@@ -218,7 +225,7 @@ def calibrate(
     if reference is None:
         from icl_search.judge.metrics import calibrate_preferences
 
-        j = _build_judge(judge, cache, no_cache, rubric, safety_rubric, max_model_len)
+        j = _build_judge(judge, cache, no_cache, rubric, safety_rubric, max_model_len, timeout)
         try:
             figures = calibrate_preferences(j, data, queries=queries,
                                             safety_queries=safety_queries, progress=True)
@@ -236,7 +243,7 @@ def calibrate(
                       if systems else None)
     except (ReferenceFileError, ValueError) as exc:
         fail(str(exc))
-    j = _build_judge(judge, cache, no_cache, rubric, safety_rubric, max_model_len)
+    j = _build_judge(judge, cache, no_cache, rubric, safety_rubric, max_model_len, timeout)
     try:
         cal, result = run(j, rows, progress=True)
     except JudgeError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -18,8 +19,10 @@ class OpenAIEngine:
 
     Requests are sent in chunks of `batch_size` prompts (the completions API takes a list),
     `concurrency` chunks at a time, so the server's own batching stays busy. Connection errors,
-    timeouts, 429 and 5xx are retried `max_retries` times with exponential back-off; after that
-    one `EngineError` names the endpoint and the last error.
+    timeouts, 429 and 5xx are retried `max_retries` times with exponential back-off. When every
+    request of a `generate` failed, one `EngineError` names the endpoint and the last error;
+    when only some did (or a choice is malformed), those prompts come back as failed
+    completions (`finish_reason="error"`, `error` says why) and the others stand.
     """
 
     def __init__(
@@ -76,7 +79,7 @@ class OpenAIEngine:
                 last = f"{type(exc).__name__}: {exc}"
             else:
                 if r.status_code < 400:
-                    return r.json()
+                    return _json_object(r, url)
                 last = f"HTTP {r.status_code}: {r.text[:300]}"
                 if r.status_code != 429 and r.status_code < 500:
                     raise EngineError(f"{url} refused the request: {last}")
@@ -121,8 +124,20 @@ class OpenAIEngine:
                 bar.update(len(chunk))
             return out
 
+        def attempt(chunk: list[str]) -> list[Completion] | EngineError:
+            try:
+                return run(chunk)
+            except EngineError as exc:
+                return exc
+
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            results = [c for part in pool.map(run, chunks) for c in part]
+            parts = list(pool.map(attempt, chunks))
+        failed = [p for p in parts if isinstance(p, EngineError)]
+        if failed and len(failed) == len(parts):
+            raise failed[-1]  # every request failed: the endpoint is down, one message
+        # Some requests failed: their prompts are failed completions, the others stand.
+        results = [c for chunk, part in zip(chunks, parts, strict=True)
+                   for c in (_failed(chunk, part) if isinstance(part, EngineError) else part)]
         if bar is not None:
             bar.close()
         self.stats.calls += 1
@@ -143,14 +158,23 @@ class OpenAIEngine:
         if params.logprobs is not None:
             body["logprobs"] = params.logprobs
         data = self._request("POST", "/completions", json=body)
-        choices = sorted(data.get("choices", []), key=lambda c: c.get("index", 0))
+        raw = data.get("choices")
+        if not isinstance(raw, list) or not all(isinstance(c, dict) for c in raw):
+            raise EngineError(f"{self.base_url}/completions: malformed reply: 'choices' is not "
+                              f"a list of objects ({str(raw)[:80]!r})")
+        choices = sorted(raw, key=lambda c: c.get("index", 0) if isinstance(
+            c.get("index", 0), int) else 0)
         if len(choices) != len(chunk):
             raise EngineError(
                 f"{self.base_url}/completions returned {len(choices)} choices for {len(chunk)} prompts"
             )
-        usage = data.get("usage") or {}
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         out = []
         for prompt, ch in zip(chunk, choices):
+            problem = _malformed(ch)
+            if problem:
+                out.append(Completion("", 0, 0, "error", error=f"malformed reply: {problem}"))
+                continue
             lp = ch.get("logprobs") or {}
             top = lp.get("top_logprobs")
             text = ch.get("text") or ""
@@ -166,3 +190,47 @@ class OpenAIEngine:
                 if top is not None else None,
             ))
         return out
+
+
+def _json_object(r: httpx.Response, url: str) -> dict[str, Any]:
+    """The reply's JSON object; anything else (an HTML page from a proxy, a JSON array) is
+    one `EngineError` naming the endpoint."""
+    try:
+        data = r.json()
+    except ValueError:
+        raise EngineError(f"{url} answered HTTP {r.status_code} with a body that is not JSON: "
+                          f"{r.text[:120]!r}") from None
+    if not isinstance(data, dict):
+        raise EngineError(f"{url} answered with JSON that is not an object: "
+                          f"{json.dumps(data)[:120]}")
+    return data
+
+
+def _malformed(choice: dict[str, Any]) -> str | None:
+    """Why one choice cannot be read, or None."""
+    if not isinstance(choice.get("text", ""), (str, type(None))):
+        return f"'text' is {type(choice['text']).__name__}, not a string"
+    lp = choice.get("logprobs")
+    if lp is None:
+        return None
+    if not isinstance(lp, dict):
+        return f"'logprobs' is {type(lp).__name__}, not an object"
+    top = lp.get("top_logprobs")
+    if top is None:
+        return None
+    if not isinstance(top, list):
+        return "'top_logprobs' is not a list"
+    for d in top:
+        if d is None:
+            continue
+        if not isinstance(d, dict):
+            return "a 'top_logprobs' entry is not an object"
+        for k, v in d.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                return f"log-probability of {k!r} is {v!r}, not a number"
+    return None
+
+
+def _failed(chunk: list[str], exc: EngineError) -> list[Completion]:
+    return [Completion("", 0, 0, "error", error=" ".join(str(exc).split())[:300])
+            for _ in chunk]

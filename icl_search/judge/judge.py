@@ -152,7 +152,8 @@ def make_judge(spec: str = "default", *, engine=None, cache=None,
     rubric / safety_rubric: rubric files replacing the shipped ones (same mode).
     opts: backend options: for engines `max_model_len`, `kv_cache_memory_bytes`, `top_k`,
         `temperature`, `seed`; for dspy `api_key`, `temperature`, `max_tokens`, `timeout`,
-        `num_retries` (transport), `max_retries` (repair requests), `concurrency`.
+        `num_retries` (transport), `max_retries` (repair requests), `concurrency`,
+        `structured` (send the answer's JSON schema as `response_format`; default True).
     """
     kind, rest = parse_judge_spec(spec)
     if isinstance(cache, (str, os.PathLike)):
@@ -193,7 +194,7 @@ def make_judge(spec: str = "default", *, engine=None, cache=None,
         model, _, api_base = rest.partition("@")
         chat_opts = {k: v for k, v in opts.items()
                      if k in ("api_key", "temperature", "max_tokens", "timeout", "num_retries",
-                              "max_retries", "concurrency")}
+                              "max_retries", "concurrency", "structured")}
         chat_opts.setdefault("api_key", os.environ.get(API_KEY_ENV)
                              or ("EMPTY" if api_base and _no_provider_key(model) else None))
         backend = ChatBackend(model, api_base or None, **chat_opts)
