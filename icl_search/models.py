@@ -16,16 +16,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from icl_search.errors import IclSearchError
+from icl_search.paths import home
+
 DEFAULT_MODEL = "gemma-3-270m"
 MARKER = ".complete"
 
 
-class ModelError(ValueError):
+class ModelError(IclSearchError, ValueError):
     """A model name or path cannot be resolved to a usable Hugging Face folder."""
-
-
-def home() -> Path:
-    return Path(os.environ.get("ICL_SEARCH_HOME", Path.home() / ".cache" / "icl-search"))
 
 
 def models_dir() -> Path:

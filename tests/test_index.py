@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-import icl_search.index as index_mod
+import icl_search.index.faiss_index as index_mod
 from icl_search.index import (
     DEFAULT_EMBEDDER,
     Embedder,

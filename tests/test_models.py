@@ -56,3 +56,19 @@ def test_default_model_is_a_bos_gemma_base(default_model_dir):
     assert ids[0] == tok.bos_token_id
     cfg = json.loads((default_model_dir / "config.json").read_text())
     assert cfg["model_type"].startswith("gemma3")
+
+
+def test_one_home_for_models_judges_and_caches(tmp_path, monkeypatch):
+    from icl_search.cache import Cache
+    from icl_search.index import EmbeddingCache
+    from icl_search.judge.prepare import judges_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("ICL_SEARCH_HOME", "~/state")  # `~` is expanded
+    home = tmp_path / "state"
+    assert models.models_dir() == home / "models"
+    assert judges_dir() == home / "judges"
+    assert Cache().path == home / "cache.sqlite3"
+    assert EmbeddingCache().path == home / "embeddings.sqlite3"
+    monkeypatch.delenv("ICL_SEARCH_HOME")
+    assert models.models_dir() == tmp_path / ".cache" / "icl-search" / "models"

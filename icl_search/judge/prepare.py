@@ -44,7 +44,7 @@ MARKER = ".complete"
 
 
 def judges_dir() -> Path:
-    from icl_search.models import home
+    from icl_search.paths import home
 
     return home() / "judges"
 
