@@ -31,11 +31,12 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from icl_search.errors import IclSearchError
 from icl_search.pool import Example
 
 if TYPE_CHECKING:
@@ -43,11 +44,14 @@ if TYPE_CHECKING:
 
 Strategy = Literal["fixed", "knn", "mmr", "hybrid", "balanced"]
 Order = Literal["similar-last", "similar-first", "given"]
-STRATEGIES: tuple[str, ...] = ("fixed", "knn", "mmr", "hybrid", "balanced")
-ORDERS: tuple[str, ...] = ("similar-last", "similar-first", "given")
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+ORDERS: tuple[str, ...] = get_args(Order)
+# The defaults of `SelectionConfig`, also the CLI's and a study's when a trial leaves them open.
+DEFAULT_K = 3
+DEFAULT_MMR_LAMBDA = 0.5
 
 
-class SelectionError(ValueError):
+class SelectionError(IclSearchError, ValueError):
     """A selection config does not fit the pool (e.g. a fixed id the pool lacks)."""
 
 
@@ -57,8 +61,8 @@ class SelectionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     strategy: Strategy = "knn"
-    k: int = Field(3, ge=0, description="examples per prompt (fixed: ignored, all fixed_ids)")
-    mmr_lambda: float = Field(0.5, ge=0.0, le=1.0, description="mmr: 1 = pure relevance")
+    k: int = Field(DEFAULT_K, ge=0, description="examples per prompt (fixed: ignored, all fixed_ids)")
+    mmr_lambda: float = Field(DEFAULT_MMR_LAMBDA, ge=0.0, le=1.0, description="mmr: 1 = pure relevance")
     fixed_ids: list[str] = Field(default_factory=list, description="fixed / hybrid anchors")
     fill: Literal["knn", "mmr"] = Field("knn", description="hybrid: how the rest is retrieved")
     dup_threshold: float = Field(0.95, gt=0.0, le=1.0, description="near-duplicate cosine")

@@ -299,3 +299,19 @@ def test_cli_user_errors_are_one_clear_message(pool_file, args, message):
     assert r.exit_code == 2
     assert message in r.stderr
     assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_a_study_config_accepts_exactly_the_strategies_and_rules_their_owners_define():
+    import typing
+
+    from icl_search.feedback.rules import RULES, RuleChecker
+    from icl_search.selection import DEFAULT_MMR_LAMBDA, STRATEGIES
+    from icl_search.study.config import RulesFeedback, SearchSection
+
+    strategies = SearchSection.model_fields["strategies"].annotation
+    assert typing.get_args(typing.get_args(strategies)[0]) == STRATEGIES
+    assert RulesFeedback(rules=list(RULES)).rules == list(RULES)
+    assert RuleChecker(rules=RULES).rules == RULES
+    with pytest.raises(ValueError, match="unsafe_compliance"):
+        RulesFeedback(rules=["no_such_rule"])
+    assert SelectionConfig(strategy="mmr").mmr_lambda == DEFAULT_MMR_LAMBDA

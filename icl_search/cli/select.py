@@ -13,7 +13,7 @@ from rich.table import Table
 
 from icl_search.cli import app
 from icl_search.cli import fail as _fail
-from icl_search.selection import ORDERS, STRATEGIES
+from icl_search.selection import DEFAULT_K, DEFAULT_MMR_LAMBDA, ORDERS, STRATEGIES
 
 _err = Console(stderr=True)
 
@@ -95,11 +95,11 @@ def select_cmd(
     )],
     pool: Annotated[Path | None, typer.Option(
         "--pool", "-p", help="Pool file to select from (JSONL/Parquet/CSV).")] = None,
-    k: Annotated[int, typer.Option("--k", "-k", min=0, help="Number of examples.")] = 3,
+    k: Annotated[int, typer.Option("--k", "-k", min=0, help="Number of examples.")] = DEFAULT_K,
     strategy: Annotated[StrategyName, typer.Option(
         "--strategy", "-s", help="How examples are chosen.")] = StrategyName.knn,
     mmr_lambda: Annotated[float, typer.Option(
-        "--lambda", min=0.0, max=1.0, help="MMR trade-off: 1 = relevance only.")] = 0.5,
+        "--lambda", min=0.0, max=1.0, help="MMR trade-off: 1 = relevance only.")] = DEFAULT_MMR_LAMBDA,
     fixed: Annotated[list[str] | None, typer.Option(
         "--fixed", help="Example id for the fixed/hybrid strategies (repeat it).")] = None,
     order: Annotated[OrderName | None, typer.Option(
@@ -138,8 +138,8 @@ def select_cmd(
             _fail("give either a BUNDLE or --pool, not both")
         # A bundle carries its own selection settings; an option that would change them
         # is refused rather than silently ignored.
-        given = {"--k": k != 3, "--strategy": strategy != StrategyName.knn,
-                 "--lambda": mmr_lambda != 0.5, "--fixed": bool(fixed), "--order": order is not None,
+        given = {"--k": k != DEFAULT_K, "--strategy": strategy != StrategyName.knn,
+                 "--lambda": mmr_lambda != DEFAULT_MMR_LAMBDA, "--fixed": bool(fixed), "--order": order is not None,
                  "--dup-threshold": dup_threshold != 0.95, "--system": system is not None,
                  "--index-dir": index_dir is not None, "--embedder": embedder is not None,
                  "--index-type": index_type != IndexType.auto}

@@ -32,12 +32,13 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from icl_search.prompt import Template
 
-RULES = ("language", "template_leak", "repetition", "length", "over_refusal",
-         "unsafe_compliance")
+RuleName = Literal["language", "template_leak", "repetition", "length", "over_refusal",
+                   "unsafe_compliance"]
+RULES: tuple[str, ...] = get_args(RuleName)
 
 _STOPWORDS = {
     "en": "the and is are of to in that it for you with this be on not or can your what how "

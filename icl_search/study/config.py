@@ -23,6 +23,8 @@ from pydantic import (
 )
 
 from icl_search.errors import IclSearchError
+from icl_search.feedback.rules import RuleName
+from icl_search.selection import Strategy
 
 
 class ConfigError(IclSearchError, ValueError):
@@ -107,9 +109,6 @@ class DecodingSection(_Strict):
     seed: int = 0
 
 
-Strategy = Literal["fixed", "knn", "mmr", "hybrid", "balanced"]
-
-
 class BaselineSection(_Strict):
     system: str | None = Field(None, description="preamble file (default: the first one)")
     example_ids: list[str] = Field(default_factory=list, description="the fixed example set")
@@ -168,8 +167,7 @@ class RulesFeedback(_Strict):
     weight: float = Field(0.5, ge=0)
     gate: bool = Field(False, description="fail a trial whose pass rate is below min_pass")
     min_pass: float = Field(1.0, ge=0, le=1)
-    rules: list[Literal["language", "template_leak", "repetition", "length", "over_refusal",
-                        "unsafe_compliance"]] | None = None
+    rules: list[RuleName] | None = None
     min_words: int = Field(3, ge=0)
     max_words: int = Field(600, ge=1)
     max_repeat_share: float = Field(0.35, gt=0, le=1)

@@ -141,13 +141,13 @@ class Evaluator:
         return self._index
 
     def _selector(self, spec: TrialSpec):
-        from icl_search.selection import SelectionConfig, Selector
+        from icl_search.selection import DEFAULT_MMR_LAMBDA, SelectionConfig, Selector
 
         key = (spec.strategy, spec.k, spec.fixed_ids, spec.mmr_lambda)
         if key not in self._selectors:
             cfg = SelectionConfig(
                 strategy=spec.strategy, k=spec.k, fixed_ids=list(spec.fixed_ids),
-                mmr_lambda=spec.mmr_lambda if spec.mmr_lambda is not None else 0.5,
+                mmr_lambda=DEFAULT_MMR_LAMBDA if spec.mmr_lambda is None else spec.mmr_lambda,
             )
             self._selectors[key] = Selector(self._load_index(), cfg)
         return self._selectors[key]

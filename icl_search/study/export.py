@@ -68,7 +68,7 @@ def export_bundle(study: optuna.Study, out: str | Path, *, trial_number: int | N
     from icl_search.engines import SamplingParams
     from icl_search.pool import Pool
     from icl_search.prompt import Template
-    from icl_search.selection import SelectionConfig
+    from icl_search.selection import DEFAULT_MMR_LAMBDA, SelectionConfig
 
     info: dict[str, Any] | None = study.user_attrs.get(EXPORT_ATTR)
     if not info:
@@ -106,7 +106,8 @@ def export_bundle(study: optuna.Study, out: str | Path, *, trial_number: int | N
         bundle = Bundle.create(examples=[pool[i] for i in spec.fixed_ids], **common)
     else:
         sel = SelectionConfig(strategy=spec.strategy, k=spec.k, fixed_ids=list(spec.fixed_ids),
-                              mmr_lambda=spec.mmr_lambda if spec.mmr_lambda is not None else 0.5)
+                              mmr_lambda=DEFAULT_MMR_LAMBDA if spec.mmr_lambda is None
+                              else spec.mmr_lambda)
         bundle = Bundle.create(selection=sel, pool_path=info["pool_path"],
                                index_dir=info["index_dir"],
                                embedder=None if info["embedder"] == "default" else info["embedder"],
