@@ -159,10 +159,10 @@ def select_cmd(
 
     from pydantic import ValidationError
 
-    from icl_search.index import Embedder, EmbedderError, PoolIndex, StaleIndexError
-    from icl_search.pool import Pool, PoolError
+    from icl_search.index import Embedder, PoolIndex
+    from icl_search.pool import Pool
     from icl_search.prompt import Template
-    from icl_search.selection import SelectionConfig, SelectionError, Selector
+    from icl_search.selection import SelectionConfig, Selector
 
     if system is None:
         from importlib.resources import files
@@ -186,30 +186,25 @@ def select_cmd(
         # Name the option the user typed, not the config field behind it.
         name, _, rest = msg.partition(": ")
         _fail(f"{_OPTION_OF.get(name, name)}: {rest}")
+    # A PoolError (like every IclSearchError below) ends as `error: ...` via the CLI's root group.
     try:
         the_pool = Pool.load(pool)
-    except PoolError as exc:
-        _fail(str(exc))
     except OSError as exc:
         _fail(f"{pool}: cannot read the pool ({exc})")
 
     directory = index_dir or PoolIndex.default_dir(pool)
     emb = Embedder(embedder)
     try:
-        try:
-            index = PoolIndex.load(
-                directory, the_pool, emb, on_stale="rebuild", kind=str(index_type),
-                show_progress=not prompt_only,
-                on_rebuild=lambda why: _note(f"building index in {directory}: {'; '.join(why)}"),
-            )
-        except OSError as exc:
-            # An unwritable pool folder should not stop a one-off selection.
-            _note(f"cannot save the index in {directory} ({exc}); using it unsaved")
-            index = PoolIndex.build(the_pool, emb, str(index_type), show_progress=not prompt_only)
-        selector = Selector(index, config)
-        chosen = selector.select(query, exclude_ids=exclude or ())
-    except (EmbedderError, StaleIndexError, SelectionError) as exc:
-        _fail(str(exc))
+        index = PoolIndex.load(
+            directory, the_pool, emb, on_stale="rebuild", kind=str(index_type),
+            show_progress=not prompt_only,
+            on_rebuild=lambda why: _note(f"building index in {directory}: {'; '.join(why)}"),
+        )
+    except OSError as exc:
+        # An unwritable pool folder should not stop a one-off selection.
+        _note(f"cannot save the index in {directory} ({exc}); using it unsaved")
+        index = PoolIndex.build(the_pool, emb, str(index_type), show_progress=not prompt_only)
+    chosen = Selector(index, config).select(query, exclude_ids=exclude or ())
 
     prompt = Template().render(system_text, chosen, query)
     if prompt_only:
