@@ -183,6 +183,36 @@ class Retrieval(BaseModel):
     index: str = Field(description="index folder, relative to the bundle file's folder")
 
 
+class ConfirmGain(BaseModel):
+    """The paired per-query difference against one baseline on the confirm set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    baseline: str
+    mean: float | None
+    interval: tuple[float, float] | None = Field(description="95% bootstrap interval")
+    p_value: float | None = Field(ge=0, le=1)
+    n: int = Field(ge=0)
+    test: str
+
+
+class Confirmation(BaseModel):
+    """What the context scored on the study's confirm set (`icl_search.study.confirm`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    search_score: float | None = Field(description="mean per-query score, search split")
+    score: float | None = Field(description="mean per-query score, confirm split")
+    interval: tuple[float, float] | None = Field(description="95% bootstrap interval of score")
+    n: int = Field(ge=0, description="confirm queries with a score")
+    shrinkage: float | None = Field(description="search_score - score")
+    judge: str
+    selected_by: Literal["confirm", "search", "trial"]
+    beat_baseline: bool
+    verdict: str
+    gains: list[ConfirmGain] = Field(default_factory=list)
+
+
 class Scores(BaseModel):
     """What the bundle's context earned in its study. Extra keys (e.g. a second objective) are
     kept as they are."""
@@ -194,6 +224,7 @@ class Scores(BaseModel):
     n_queries: int | None = None
     judge: str | None = None
     coverage: float | None = None
+    confirm: Confirmation | None = None
 
 
 class Provenance(BaseModel):
@@ -637,6 +668,8 @@ __all__ = [
     "Bundle",
     "BundleError",
     "BundleExample",
+    "ConfirmGain",
+    "Confirmation",
     "ContextWindowError",
     "Provenance",
     "Rendered",

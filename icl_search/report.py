@@ -118,6 +118,9 @@ def write_report(cfg, study: optuna.Study, out: Path) -> list[Path]:
     from icl_search.study.screening import report_lines
 
     lines += report_lines(study, cfg.judge.screen_top)
+    from icl_search.study.confirm import report_lines as confirm_lines
+
+    lines += confirm_lines(study)
     lines += ["", "## Plots", ""] + [f"- [{p.name}]({p.name})" for p in written]
     df = trials_frame(study)
     csv = out / "trials.csv"

@@ -146,11 +146,11 @@ def test_confirmation_is_stored_never_repaid_and_export_takes_the_confirmed_best
     assert labels[-2:] == ["baseline", "urial:inst_1k.txt"] and 1 <= len(labels) - 2 <= 2
     assert s.evaluated == len(labels) and s.n_queries == 10
     assert s.stats["prompts"] == 10 * len(labels)
-    for r in s.rows:
-        assert r.n == 10 and r.low <= r.confirm <= r.high
+    for r in s.rows:  # n: the queries the (tiny, untrained) judge gave a score
+        assert 5 <= r.n <= 10 and r.low <= r.confirm <= r.high
         assert {g.baseline for g in r.gains} == {"baseline", "urial:inst_1k.txt"} - {r.label}
         for g in r.gains:
-            assert g.low <= g.mean <= g.high and 0 <= g.p_value <= 1 and g.n == 10
+            assert g.low <= g.mean <= g.high and 0 <= g.p_value <= 1 and 0 < g.n <= r.n
     trials = [r for r in s.rows if r.role == "trial"]
     assert all(r.shrinkage == pytest.approx(r.search - r.confirm) for r in trials)
 
@@ -168,7 +168,8 @@ def test_confirmation_is_stored_never_repaid_and_export_takes_the_confirmed_best
     b = Bundle.load(out)
     assert b.provenance.trial == best.trial
     c = b.scores.confirm
-    assert c.selected_by == "confirm" and c.score == pytest.approx(best.confirm) and c.n == 10
+    assert c.selected_by == "confirm" and c.score == pytest.approx(best.confirm)
+    assert c.n == best.n
     assert c.interval == pytest.approx((best.low, best.high))
     assert c.search_score == pytest.approx(best.search) and c.verdict == s.sentence()
     assert [g.baseline for g in c.gains] == [g.baseline for g in best.gains]

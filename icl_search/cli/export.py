@@ -20,8 +20,11 @@ def export(
     study: str = typer.Argument(..., help="A study config (.toml), or a study name with --storage."),
     out: Path = typer.Option(..., "--out", "-o", help="The bundle JSON to write."),
     storage: Optional[str] = typer.Option(None, help="Storage URL (default: the config's)."),
-    trial: Optional[int] = typer.Option(None, help="Trial number (default: the best; with a "
-                                        "multi-objective study, the best-scoring Pareto point)."),
+    trial: Optional[int] = typer.Option(None, help="Trial number (default: the confirmed best "
+                                        "when the study was confirmed, else the best search "
+                                        "score; multi-objective: the best-scoring Pareto point)."),
+    search_best: bool = typer.Option(False, "--search-best", help="Take the best search score "
+                                     "even when the study was confirmed."),
     format: str = typer.Option("json", "--format", help="json, or urial to also write "
                                "<out>.urial.txt in the URIAL repository's prompt-file format "
                                "(fixed sets only)."),
@@ -55,9 +58,12 @@ def export(
             fail(f"no study named {study!r} in {redact(url)}")
     urial = out.with_suffix(".urial.txt") if format == "urial" else None
     try:
-        b = export_bundle(st, out, trial_number=trial, storage_url=url, urial_out=urial)
+        b = export_bundle(st, out, trial_number=trial, storage_url=url, urial_out=urial,
+                          search_best=search_best)
     except (ExportError, BundleError) as exc:
         fail(str(exc))
     sc = b.scores
     err.print(f"exported trial {b.provenance.trial} (score {sc.overall:.3f}, mode {b.mode}) "
               f"-> {out}" + (f" and {urial}" if urial else ""), highlight=False)
+    if sc.confirm is not None:
+        err.print(sc.confirm.verdict, highlight=False)

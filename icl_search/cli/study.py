@@ -76,6 +76,39 @@ def worker(
     _run(config, storage, n_trials, None, worker=True)
 
 
+@study_app.command("confirm")
+def confirm_cmd(
+    config: Path = typer.Argument(..., help="Study config (TOML) with a confirm set in [eval]."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (overrides the config)."),
+    top: Optional[int] = typer.Option(None, min=1, help="Trials to confirm, by search score "
+                                      "(default: eval.confirm_top)."),
+) -> None:
+    """Evaluate the top trials and the baseline(s) on the confirm set (queries the search never
+    saw): confirm score, gain over each baseline with a 95% bootstrap interval and a Wilcoxon
+    p-value, shrinkage. Results are stored in the study: a rerun pays only for what is missing."""
+    from icl_search.errors import IclSearchError
+    from icl_search.study import build_evaluator, open_study
+    from icl_search.study.confirm import ConfirmError, confirm, table_lines
+
+    cfg = _config(config, **{"optuna.storage": storage})
+    if not cfg.eval.has_confirm:
+        fail(f"{cfg.source}: no confirm set: add eval.confirm (a query file) or "
+             "eval.confirm_fraction to the [eval] section")
+    study = open_study(cfg, storage)
+    if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
+        fail(f"study {cfg.name} has no finished trial yet: run `icl-search study run {config}`")
+    say = lambda m: err.print(m, highlight=False)  # noqa: E731
+    try:
+        ev = build_evaluator(cfg, say=say)
+        s = confirm(study, cfg, ev, top=top, say=say)
+    except (IclSearchError, ConfirmError) as exc:
+        fail(str(exc))
+    st = s.stats
+    say(f"confirmed {len(s.rows)} candidates on {s.n_queries} queries ({s.evaluated} evaluated "
+        f"now, the rest stored); generations {st['generated']} ({st['gen_cached']} cached)")
+    typer.echo("\n".join(table_lines(s) + ["", s.sentence()]))
+
+
 @study_app.command("validate")
 def validate(config: Path = typer.Argument(...)) -> None:
     """Check a config (fields, files) without loading any model."""

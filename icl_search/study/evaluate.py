@@ -129,6 +129,17 @@ class Evaluator:
         if needs_index:
             self._load_index()
 
+    def with_queries(self, queries: Sequence[Query], *, pool: Pool | None = None,
+                     systems: dict[str, str] | None = None) -> Evaluator:
+        """The same engine, judge, template, decoding and index on other queries (the
+        confirmation stage's set), without feedback sources; `pool`/`systems` replace this
+        evaluator's (a fixed reference context outside the pool; no index then)."""
+        return Evaluator(engine=self.engine, judge=self.judge, pool=pool or self.pool,
+                         queries=queries, systems=systems or self.systems, params=self.params,
+                         template=self.template, index_dir=self._index_dir,
+                         embedder=self._embedder,
+                         needs_index=pool is None and self._index is not None)
+
     # -- retrieval ---------------------------------------------------------------------------
     def _load_index(self):
         if self._index is None:

@@ -60,10 +60,42 @@ def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTr
     return study.best_trial
 
 
+def pick_confirmed(study: optuna.Study):
+    """(trial, confirmation summary) of the confirmed best (`icl_search.study.confirm`), or
+    (None, None) when the study was never confirmed."""
+    from icl_search.study.confirm import summarize
+
+    summary = summarize(study)
+    best = summary.best if summary is not None else None
+    if best is None or best.trial is None:
+        return None, summary
+    trial = study.trials[best.trial]
+    if trial.state != TrialState.COMPLETE:
+        return None, summary
+    return trial, summary
+
+
+def confirm_scores(summary, trial_number: int, selected_by: str) -> dict[str, Any] | None:
+    """The bundle's `scores.confirm` for a trial that was confirmed (else None)."""
+    row = next((r for r in summary.rows if r.trial == trial_number), None) if summary else None
+    if row is None:
+        return None
+    return {"search_score": row.search, "score": row.confirm,
+            "interval": None if row.low is None else [row.low, row.high], "n": row.n,
+            "shrinkage": row.shrinkage, "judge": summary.judge, "selected_by": selected_by,
+            "beat_baseline": summary.beat_baseline, "verdict": summary.sentence(),
+            "gains": [g.to_dict() for g in row.gains]}
+
+
 def export_bundle(study: optuna.Study, out: str | Path, *, trial_number: int | None = None,
-                  storage_url: str | None = None, urial_out: str | Path | None = None):
-    """Write the chosen trial (default: the best) as a bundle JSON; optionally also as a
-    URIAL prompt file (fixed sets only). Returns the `Bundle`."""
+                  storage_url: str | None = None, urial_out: str | Path | None = None,
+                  search_best: bool = False):
+    """Write the chosen trial as a bundle JSON; optionally also as a URIAL prompt file (fixed
+    sets only). Returns the `Bundle`.
+
+    The default trial is the confirmed best when the study was confirmed (the baseline when no
+    trial beat it on the confirm set), else, or with `search_best`, the best search score.
+    """
     from icl_search.bundle import Bundle
     from icl_search.engines import SamplingParams
     from icl_search.pool import Pool
@@ -74,7 +106,15 @@ def export_bundle(study: optuna.Study, out: str | Path, *, trial_number: int | N
     if not info:
         raise ExportError(f"study {study.study_name!r} was not created by `icl-search study run`"
                           " (no export information stored)")
-    trial = pick_trial(study, trial_number)
+    confirmed, summary = (None, None) if search_best or trial_number is not None else \
+        pick_confirmed(study)
+    if summary is None:
+        from icl_search.study.confirm import summarize
+
+        summary = summarize(study)
+    trial = confirmed or pick_trial(study, trial_number)
+    selected_by = "confirm" if confirmed is not None else \
+        "trial" if trial_number is not None else "search"
     spec = TrialSpec.from_dict(trial.user_attrs["spec"])
     template = Template.from_dict(info["template"])
     s = dict(info["sampling"])
@@ -94,6 +134,9 @@ def export_bundle(study: optuna.Study, out: str | Path, *, trial_number: int | N
         "coverage": min(fractions) if fractions else None,
         "context_tokens": trial.user_attrs.get("context_tokens"),
     }
+    conf = confirm_scores(summary, trial.number, selected_by)
+    if conf is not None:
+        scores["confirm"] = conf
     provenance = {"study": study.study_name, "trial": trial.number,
                   "storage": storage_url, "config_hash": info["config_hash"]}
     common = dict(model=info["model"], system=info["systems"][spec.system_name],

@@ -170,6 +170,7 @@ class RunSummary:
     batches: int = 0
     seconds: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict)
+    confirm: Any = None  # icl_search.study.confirm.Summary, when the study has a confirm set
 
 
 def _count(study: optuna.Study, states) -> int:
@@ -331,6 +332,12 @@ def run_study(
                     f"{cfg.judge.min_coverage:.0%}, or the rules gate): see their fail_reason in "
                     f"`icl-search study trials`; check the judge (`icl-search judge score`) or "
                     f"lower judge.min_coverage in {cfg.source}")
+    if cfg.eval.has_confirm and cfg.eval.confirm_after_run and \
+            _count(study, (TrialState.COMPLETE,)):
+        from icl_search.study.confirm import confirm
+
+        with ask_lock(study, url):  # one worker confirms; the others then find it stored
+            summary.confirm = confirm(study, cfg, evaluator, say=say)
     summary.seconds = time.time() - t_start
     summary.stats = vars(evaluator.stats).copy()
     summary.stats.update(getattr(evaluator, "screen_stats", {}))
@@ -415,19 +422,18 @@ def build_evaluator(cfg: StudyConfig, *, engine=None, judge=None, say=print) -> 
     """Load pool, eval set, engine (cached) and judge as the config says."""
     from icl_search.cache import Cache
     from icl_search.engines import CachedEngine, SamplingParams, make_engine
-    from icl_search.evalset import load_queries
     from icl_search.judge import make_judge
     from icl_search.pool import Pool
     from icl_search.prompt import Template
     from icl_search.study.screening import attach_screen, resolve_spec
+    from icl_search.study.splits import embedder_for, load_splits
 
     pool = Pool.load(cfg.path(cfg.pool.path))
     index_dir = cfg.path(cfg.pool.index_dir)
     if cfg.pool.sources:
         pool, index_dir = _restrict_sources(cfg, pool, index_dir)
-    queries = load_queries(cfg.path(cfg.eval.path))
-    if cfg.eval.limit:
-        queries = queries[: cfg.eval.limit]
+    # the search split only: the confirm set stays unseen (icl_search.study.splits)
+    queries = load_splits(cfg, embed=embedder_for(cfg) if cfg.eval.has_confirm else None).search
     systems = {name: p.read_text(encoding="utf-8") for name, p in system_choices(cfg).items()}
     cache = Cache(cfg.path(cfg.cache)) if cfg.cache else Cache()
     if engine is None:
