@@ -452,6 +452,9 @@ class Bundle(BaseModel):
             raise BundleError(
                 f"{path}: schema_version {version} is newer than this icl-search reads "
                 f"({SCHEMA_VERSION}); upgrade icl-search to load it")
+        if "template" not in data:  # a default would render prompts the study never scored
+            raise BundleError(f"{path}: template: missing (every exported bundle records the "
+                              "template its prompts were searched with)")
         try:
             bundle = cls.model_validate(data)
         except ValidationError as exc:

@@ -269,6 +269,13 @@ class StudyConfig(_Strict):
         for name, p in fields:
             if not self.path(p).exists():
                 raise ConfigError(f"{self.source}: field '{name}': file not found: {self.path(p)}")
+        kind, _, target = self.model.engine.partition(":")
+        # Only what is plainly a path: `vllm:ORG/NAME` may be a Hugging Face id.
+        if kind == "vllm" and target.startswith(("/", "./", "../", "~")):
+            folder = Path(target).expanduser().resolve()
+            if not folder.exists():
+                raise ConfigError(f"{self.source}: field 'model.engine': model folder not "
+                                  f"found: {folder}")
         if self.search.baseline.system and self.search.baseline.system not in \
                 self.search.system_prompts:
             raise ConfigError(
@@ -306,6 +313,11 @@ def load_config(path: str | Path, **overrides: Any) -> StudyConfig:
         raise ConfigError(f"{path}: config file not found")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start + 1}); a study config is a "
+                          "TOML text file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     for dotted, value in overrides.items():
