@@ -30,12 +30,8 @@ def _config(path: Path, **overrides):
 
 def _run(config: Path, storage: Optional[str], n_trials: Optional[int],
          timeout_minutes: Optional[float], worker: bool) -> None:
-    from icl_search.engines import EngineError
-    from icl_search.evalset import QueryFileError
-    from icl_search.judge import JudgeError
-    from icl_search.models import ModelError
-    from icl_search.pool import PoolError
-    from icl_search.study import StudyError, build_evaluator, run_study
+    from icl_search.errors import IclSearchError
+    from icl_search.study import build_evaluator, run_study
     from icl_search.study.runner import redact
 
     cfg = _config(config, **{"optuna.storage": storage, "optuna.n_trials": n_trials,
@@ -46,7 +42,7 @@ def _run(config: Path, storage: Optional[str], n_trials: Optional[int],
     try:
         ev = build_evaluator(cfg, say=say)
         s = run_study(cfg, ev, progress=say)
-    except (EngineError, ModelError, PoolError, QueryFileError, JudgeError, StudyError) as exc:
+    except IclSearchError as exc:
         fail(str(exc))
     st = s.stats
     say(f"done: {s.finished} finished, {s.pruned} pruned, {s.failed} failed in "
