@@ -58,7 +58,6 @@ def _select_from_bundle(bundle_path: Path, query: str, *, exclude: list[str],
     if prompt_only:
         typer.echo(prompt, nl=False)
         return
-    out = Console(highlight=False)
     if bundle.mode == "fixed":
         title = (f"fixed set: {len(chosen)} examples from {bundle_path} "
                  "(the query follows the last row)")
@@ -68,6 +67,12 @@ def _select_from_bundle(bundle_path: Path, query: str, *, exclude: list[str],
         title = (f"{r.selection.strategy}, k={r.selection.k}: {len(chosen)} examples from "
                  f"{bundle.pool_path} ({r.selection.effective_order}; the query follows the "
                  "last row)")
+    _print_selection(title, chosen, prompt, anchors=bundle.mode == "retrieval")
+
+
+def _print_selection(title: str, chosen, prompt: str, *, anchors: bool = True) -> None:
+    """The chosen examples as a table (a `*` marks a fixed anchor), then the prompt."""
+    out = Console(highlight=False)
     table = Table(title=title, title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("id", overflow="fold")
@@ -76,11 +81,11 @@ def _select_from_bundle(bundle_path: Path, query: str, *, exclude: list[str],
     table.add_column("query")
     for i, s in enumerate(chosen, 1):
         score = "-" if s.score != s.score else f"{s.score:.3f}"  # NaN: a fixed set is not scored
-        anchor = " *" if s.anchor and bundle.mode == "retrieval" else ""
+        anchor = " *" if s.anchor and anchors else ""
         table.add_row(str(i), escape(s.id) + anchor, escape(s.category), score,
                       escape(_preview(s.query)))
     out.print(table)
-    if bundle.mode == "retrieval" and any(s.anchor for s in chosen):
+    if anchors and any(s.anchor for s in chosen):
         out.print("* fixed anchor", style="dim")
     out.rule("prompt")
     typer.echo(prompt, nl=False)
@@ -210,22 +215,6 @@ def select_cmd(
     if prompt_only:
         typer.echo(prompt, nl=False)
         return
-    out = Console(highlight=False)
-    table = Table(
-        title=f"{config.strategy}, k={config.k}: {len(chosen)} of {len(the_pool)} examples "
-              f"from {pool} ({config.effective_order}; the query follows the last row)",
-        title_justify="left",
-    )
-    table.add_column("#", justify="right")
-    table.add_column("id", overflow="fold")
-    table.add_column("category")
-    table.add_column("score", justify="right")
-    table.add_column("query")
-    for i, s in enumerate(chosen, 1):
-        table.add_row(str(i), escape(s.id) + (" *" if s.anchor else ""), escape(s.category),
-                      f"{s.score:.3f}", escape(_preview(s.query)))
-    out.print(table)
-    if any(s.anchor for s in chosen):
-        out.print("* fixed anchor", style="dim")
-    out.rule("prompt")
-    typer.echo(prompt, nl=False)
+    _print_selection(f"{config.strategy}, k={config.k}: {len(chosen)} of {len(the_pool)} "
+                     f"examples from {pool} ({config.effective_order}; the query follows the "
+                     "last row)", chosen, prompt)
