@@ -439,7 +439,7 @@ def test_cli_import_errors_are_one_clear_line(tmp_path):
     src = write_jsonl(tmp_path / "a.jsonl", ['{"instruction": "x", "output": "yy"}', "{nope"])
     result = runner.invoke(app, ["pool", "import", "-f", "alpaca", str(src),
                                  str(tmp_path / "o.jsonl")])
-    assert result.exit_code == 2 and f"{src}:2: invalid JSON" in result.stderr
+    assert result.exit_code == 2 and f"{src}:2: not valid JSON" in result.stderr
     assert "Traceback" not in result.output and not (tmp_path / "o.jsonl").exists()
     result = runner.invoke(app, ["pool", "import", "-f", "alpaca", str(src),
                                  str(tmp_path / "o.txt")])
@@ -518,7 +518,7 @@ def test_pool_import_removes_the_temp_file_a_killed_import_left(tmp_path):
         "with atomic_write(sys.argv[1]) as fh:\n"
         "    fh.write('half')\n"
         "    fh.flush()\n"
-        "    os.kill(os.getpid(), 9)\n"), str(out)])
+        "    os.kill(os.getpid(), 9)\n"), str(out)], check=False)
     assert killed.returncode == -9
     left = list(tmp_path.glob(".pool.jsonl.*.tmp"))
     assert len(left) == 1 and not out.exists()

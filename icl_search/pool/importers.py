@@ -13,7 +13,7 @@ from typing import Any
 
 import polars as pl
 
-from icl_search.io import json_type
+from icl_search.io import json_type, read_jsonl_objects
 from icl_search.pool.schema import (
     DEFAULT_CATEGORY,
     IMPORT_FORMATS,
@@ -103,19 +103,10 @@ def _json_records(path: Path) -> list[tuple[str, Any]]:
         try:
             items = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise PoolError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} "
-                            f"(column {exc.colno})") from None
+            raise PoolError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, "
+                            f"column {exc.colno})") from None
         return [(f"item {i}", item) for i, item in enumerate(items, 1)]
-    records = []
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append((f"line {lineno}", json.loads(line)))
-        except json.JSONDecodeError as exc:
-            raise PoolError(f"{path}:{lineno}: invalid JSON: {exc.msg} "
-                            f"(column {exc.colno})") from None
-    return records
+    return [(f"line {n}", rec) for n, rec in read_jsonl_objects(path, PoolError)]
 
 
 def _where(path: Path, at: str) -> str:
