@@ -7,14 +7,17 @@ import json
 import numpy as np
 import pytest
 
-import icl_search.index.faiss_index as index_mod
+import icl_search.index.kinds as kinds_mod
 from icl_search.index import (
     DEFAULT_EMBEDDER,
     Embedder,
     EmbedderError,
     EmbeddingCache,
+    IndexMemoryError,
     PoolIndex,
     StaleIndexError,
+    check_memory,
+    index_memory_bytes,
 )
 from icl_search.pool import Example, Pool
 
@@ -79,6 +82,30 @@ def test_default_embedder_is_the_packaged_model_and_vectors_are_normalised(embed
     assert vecs.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
     assert embedder.encode("one sentence").shape == (384,)
+
+
+def test_embedding_cache_reads_a_file_written_before_the_shared_store(tmp_path):
+    import sqlite3
+
+    # the schema the embedding cache had as its own SQLite code
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE embeddings (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
+    db.execute("CREATE TABLE embedders (id TEXT PRIMARY KEY, dim INTEGER NOT NULL)")
+    vec = np.arange(4, dtype=np.float32)
+    db.execute("INSERT INTO embeddings VALUES (?, ?)", (EmbeddingCache.key("e", "t"), vec.tobytes()))
+    db.execute("INSERT INTO embedders VALUES ('e', 4)")
+    db.commit()
+    db.close()
+    cache = EmbeddingCache(path)
+    assert cache.dim("e") == 4 and cache.dim("other") is None and len(cache) == 1
+    np.testing.assert_array_equal(cache.get_many([EmbeddingCache.key("e", "t")], 4)
+                                  [EmbeddingCache.key("e", "t")], vec)
+    assert cache.get_many([EmbeddingCache.key("e", "t")], 8) == {}  # another size: a miss
+    cache.set_dim("f", 8)
+    cache.put_many([(EmbeddingCache.key("f", "u"), np.ones(8))])
+    again = EmbeddingCache(path)
+    assert again.dim("f") == 8 and len(again) == 2
 
 
 def test_cache_serves_repeated_texts_without_the_model(tmp_path, embedder, counted):
@@ -236,13 +263,51 @@ def test_hnsw_index_agrees_with_exact_search_and_survives_reload(tmp_path, embed
     assert (rebuilt.kind, rebuilt.hnsw["M"], rebuilt.index.hnsw.efSearch) == ("hnsw", 16, 64)
 
 
-def test_auto_kind_switches_to_hnsw_for_large_pools(embedder, monkeypatch):
+def test_auto_kind_switches_to_ivf_for_large_pools(embedder, monkeypatch):
     pool = make_pool()
     assert PoolIndex.build(pool, embedder, "auto").kind == "flat"
-    monkeypatch.setattr(index_mod, "AUTO_HNSW_THRESHOLD", 4)
-    assert PoolIndex.build(pool, embedder, "auto").kind == "hnsw"
+    monkeypatch.setattr(kinds_mod, "AUTO_FLAT_MAX", 4)
+    assert PoolIndex.build(pool, embedder, "auto").kind == "ivf"
     with pytest.raises(ValueError, match="kind"):
-        PoolIndex.build(pool, embedder, "ivf")  # type: ignore[arg-type]
+        PoolIndex.build(pool, embedder, "ivfpq")  # type: ignore[arg-type]
+
+
+def test_ivf_index_agrees_with_exact_search_and_survives_reload(tmp_path, embedder):
+    from icl_search.selection import SelectionConfig, Selector
+
+    pool = synthetic_pool(800)
+    flat = PoolIndex.build(pool, embedder, "flat")
+    ivf = PoolIndex.build(pool, embedder, "ivf")
+    assert ivf.kind == "ivf" and ivf.ivf["nlist"] >= 8
+    queries = [e.query for e in pool.examples[::40]]
+    exact = {h.id for hits in flat.search(queries, 8) for h in hits}
+    approx = {h.id for hits in ivf.search(queries, 8) for h in hits}
+    assert len(exact & approx) / len(exact) >= 0.9
+    # 8-bit codes: the stored vectors come back within quantisation error (MMR reads them).
+    assert np.abs(ivf.vectors([3, 7]) - flat.vectors([3, 7])).max() < 0.02
+    mmr = Selector(ivf, SelectionConfig(strategy="mmr", k=3)).select(queries[0])
+    assert len({s.example.id for s in mmr}) == 3
+    ivf.save(tmp_path / "i")
+    again = PoolIndex.load(tmp_path / "i", pool, embedder, on_stale="error")
+    assert (again.kind, again.index.nprobe) == ("ivf", ivf.ivf["nprobe"])
+    assert [h.id for h in again.search(queries[1], 8)] == [h.id for h in ivf.search(queries[1], 8)]
+    # A search restricted to a few rows still finds them (more lists are probed).
+    rows = np.array([5, 400, 799])
+    _, found = again.search_vectors(flat.vectors([400]), 3, positions=rows)
+    assert sorted(found[0].tolist()) == [5, 400, 799]
+
+
+def test_pool_too_large_for_memory_is_refused_before_embedding(embedder, counted):
+    pool = synthetic_pool(50, start=5000)
+    with pytest.raises(IndexMemoryError, match=r"hnsw index over 50 examples x 384 .* only"):
+        PoolIndex.build(pool, embedder, "hnsw", memory_limit=100_000)
+    assert counted == []  # nothing was embedded
+    # The message names the smaller kind when that one would fit.
+    with pytest.raises(IndexMemoryError, match="an 'ivf' index"):
+        check_memory("flat", 1_000_000, 384, limit=2 * 2**30)
+    check_memory("ivf", 1_000_000, 384, limit=2 * 2**30)  # fits: no error
+    assert index_memory_bytes("ivf", 1_000_000, 384) < 2**30 < \
+        index_memory_bytes("hnsw", 1_000_000, 384)
 
 
 def test_default_index_dir_sits_beside_the_pool(tmp_path):
