@@ -186,7 +186,8 @@ class Embedder:
     def encode(self, texts: str | Sequence[str], *, show_progress: bool = False) -> np.ndarray:
         """Embed `texts` (one string gives shape `(dim,)`, a sequence `(n, dim)`).
 
-        Cached texts are read back; the rest go to the model in one call.
+        Cached texts are read back; the rest go to the model (in chunks of `CHUNK` texts, each
+        cached as soon as it is encoded).
         """
         if isinstance(texts, str):
             return self.encode([texts], show_progress=show_progress)[0]
@@ -203,10 +204,32 @@ class Embedder:
                 missing[k] = t
         self.stats["cache_hits"] += len(texts) - sum(k not in found for k in keys)
         if missing:
-            new = self._encode_uncached(list(missing.values()), show_progress)
-            fresh = dict(zip(missing.keys(), new))
-            self.cache.put_many(fresh.items())
-            found.update(fresh)
+            found.update(self._encode_into_cache(missing, show_progress))
         return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
+
+    # Texts encoded per model call when many are missing; each chunk is written to the cache
+    # before the next starts, so an interrupted index build resumes from what was embedded.
+    CHUNK = 4096
+
+    def _encode_into_cache(self, missing: dict[str, str], show_progress: bool
+                           ) -> dict[str, np.ndarray]:
+        assert self.cache is not None
+        items = list(missing.items())
+        if len(items) <= self.CHUNK:
+            fresh = dict(zip(missing, self._encode_uncached(list(missing.values()), show_progress)))
+            self.cache.put_many(fresh.items())
+            return fresh
+        from tqdm.auto import tqdm
+
+        out: dict[str, np.ndarray] = {}
+        with tqdm(total=len(items), desc="embedding", unit="text", disable=not show_progress) as bar:
+            for i in range(0, len(items), self.CHUNK):
+                chunk = items[i:i + self.CHUNK]
+                fresh = dict(zip((k for k, _ in chunk),
+                                 self._encode_uncached([t for _, t in chunk], False)))
+                self.cache.put_many(fresh.items())
+                out.update(fresh)
+                bar.update(len(chunk))
+        return out
 
 

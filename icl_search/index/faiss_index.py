@@ -1,6 +1,7 @@
-"""The FAISS index over a pool's query embeddings (`PoolIndex`: exact `IndexFlatIP` or
-`IndexHNSWFlat`), saved beside a `manifest.json` that lets a stale index be detected instead
-of silently returning wrong neighbours."""
+"""The FAISS index over a pool's query embeddings (`PoolIndex`: exact `IndexFlatIP`,
+`IndexHNSWFlat` or IVF with 8-bit codes; the kinds are in `icl_search.index.kinds`), saved
+beside a `manifest.json` that lets a stale index be detected instead of silently returning
+wrong neighbours."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import faiss
 import numpy as np
@@ -18,15 +19,18 @@ import numpy as np
 from icl_search import __version__
 from icl_search.errors import IclSearchError
 from icl_search.index.embedder import Embedder
+from icl_search.index.kinds import (
+    IndexKind,
+    check_memory,
+    new_index,
+    resolve_index_kind,
+    search_params,
+)
 from icl_search.io import atomic_write
 
 if TYPE_CHECKING:
     from icl_search.pool import Example, Pool
 
-IndexKind = Literal["flat", "hnsw", "auto"]
-# Above this many vectors "auto" switches from exact search to HNSW: exact search over
-# 50k x 384 floats is still ~10 ms per query on two cores, beyond it HNSW pays off.
-AUTO_HNSW_THRESHOLD = 50_000
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 
@@ -72,6 +76,7 @@ class Manifest:
     index_file: str
     created: str
     hnsw: dict[str, int] = field(default_factory=dict)
+    ivf: dict[str, int] = field(default_factory=dict)
     metric: str = "inner_product"
     normalized: bool = True
     format: int = MANIFEST_FORMAT
@@ -87,16 +92,6 @@ class Manifest:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def resolve_index_kind(kind: str, n: int) -> str:
-    """The index type `kind` means for `n` vectors: "auto" is HNSW above
-    `AUTO_HNSW_THRESHOLD`, else exact."""
-    if kind == "auto":
-        return "hnsw" if n > AUTO_HNSW_THRESHOLD else "flat"
-    if kind not in ("flat", "hnsw"):
-        raise ValueError(f"kind: {kind!r} is not one of 'flat', 'hnsw', 'auto'")
-    return kind
-
-
 class PoolIndex:
     """A FAISS inner-product index over the (normalised) query embeddings of a pool.
 
@@ -106,12 +101,13 @@ class PoolIndex:
     """
 
     def __init__(self, pool: Pool, embedder: Embedder, index: faiss.Index, kind: str,
-                 hnsw: dict[str, int] | None = None):
+                 hnsw: dict[str, int] | None = None, ivf: dict[str, int] | None = None):
         self.pool = pool
         self.embedder = embedder
         self.index = index
         self.kind = kind
         self.hnsw = dict(hnsw or {})
+        self.ivf = dict(ivf or {})
         self.ids = [e.id for e in pool.examples]
         self._positions = {id_: i for i, id_ in enumerate(self.ids)}
 
@@ -136,28 +132,38 @@ class PoolIndex:
         hnsw_m: int = 32,
         ef_construction: int = 200,
         ef_search: int = 128,
+        nlist: int | None = None,
+        nprobe: int | None = None,
         show_progress: bool = False,
+        memory_limit: int | None = None,
     ) -> PoolIndex:
         """Embed every example's query (cached texts are not re-encoded) and index them.
 
-        `kind`: "flat" (exact; default), "hnsw" (approximate, for large pools) or "auto"
-        (HNSW above `AUTO_HNSW_THRESHOLD` examples).
+        `kind`: "flat" (exact; default), "hnsw", "ivf" (8-bit codes: large pools) or "auto"
+        (see `icl_search.index.kinds`). A pool whose vectors and index cannot fit in
+        `memory_limit` bytes (default: the memory available) is refused with an
+        `IndexMemoryError` before anything is embedded. Embeddings reach the cache as they
+        are computed, so an interrupted build resumes where it stopped.
         """
         embedder = embedder or Embedder()
-        kind = resolve_index_kind(kind, len(pool.examples))
+        n = len(pool.examples)
+        kind = resolve_index_kind(kind, n)  # type: ignore[assignment]
+        check_memory(kind, n, embedder.dim, limit=memory_limit, hnsw_m=hnsw_m)
         vectors = embedder.encode([e.query for e in pool.examples], show_progress=show_progress)
-        dim = embedder.dim
-        hnsw: dict[str, int] = {}
-        if kind == "hnsw":
-            index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = ef_construction
-            index.hnsw.efSearch = ef_search
-            hnsw = {"M": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search}
-        else:
-            index = faiss.IndexFlatIP(dim)
-        if len(vectors):
-            index.add(vectors)
-        return cls(pool, embedder, index, kind, hnsw)
+        index, params = new_index(kind, embedder.dim, n, hnsw_m=hnsw_m,
+                                  ef_construction=ef_construction, ef_search=ef_search,
+                                  nlist=nlist, nprobe=nprobe)
+        if kind == "ivf" and n:
+            # k-means on a seeded sample: FAISS learns nothing more from over 64 per list.
+            rng = np.random.default_rng(0)
+            sample = min(n, 64 * params["nlist"])
+            train = vectors if sample == n else vectors[np.sort(rng.choice(n, sample, False))]
+            index.train(train)
+        _add(index, vectors, kind, show_progress)
+        if kind == "ivf":
+            index.make_direct_map()  # `vectors()` (MMR) reconstructs rows
+        return cls(pool, embedder, index, kind, params if kind == "hnsw" else {},
+                   params if kind == "ivf" else {})
 
     @staticmethod
     def default_dir(pool_path: str | Path) -> Path:
@@ -176,6 +182,7 @@ class PoolIndex:
             index_file=index_file,
             created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             hnsw=dict(self.hnsw),
+            ivf=dict(self.ivf),
         )
 
     def save(self, directory: str | Path) -> Path:
@@ -267,12 +274,15 @@ class PoolIndex:
             assert m is not None
             if m.index_type == "hnsw" and m.hnsw.get("ef_search"):
                 index.hnsw.efSearch = int(m.hnsw["ef_search"])
-            return cls(pool, embedder, index, m.index_type, m.hnsw)
+            if m.index_type == "ivf" and m.ivf.get("nprobe"):
+                index.nprobe = int(m.ivf["nprobe"])  # not part of FAISS's serialised index
+            return cls(pool, embedder, index, m.index_type, m.hnsw, m.ivf)
         if on_stale == "error":
             raise StaleIndexError(directory, reasons)
         if on_rebuild is not None:
             on_rebuild(reasons)
-        # A rebuild keeps the saved index's type and HNSW settings unless told otherwise.
+        # A rebuild keeps the saved index's type and HNSW settings unless told otherwise (IVF
+        # lists and probes follow the new pool size).
         try:
             old = Manifest.read(directory / MANIFEST)
             saved_kind, hnsw = old.index_type, dict(old.hnsw)
@@ -317,15 +327,11 @@ class PoolIndex:
             return (np.zeros((len(q), 0), dtype=np.float32), np.zeros((len(q), 0), dtype=np.int64))
         k = min(k, len(self))
         sel = None
+        allowed = len(self)
         if positions is not None:
             sel = faiss.IDSelectorBatch(np.ascontiguousarray(positions, dtype=np.int64))
-        if self.kind == "hnsw":
-            # efSearch below k would cap the number of results.
-            ef = max(int(self.index.hnsw.efSearch), k)
-            params: Any = faiss.SearchParametersHNSW(efSearch=ef, sel=sel) if sel is not None \
-                else faiss.SearchParametersHNSW(efSearch=ef)
-        else:
-            params = faiss.SearchParameters(sel=sel) if sel is not None else None
+            allowed = len(positions)
+        params = search_params(self.kind, self.index, k, allowed, sel)
         if len(q) > 1:
             return self.index.search(q, k, params=params)
         # FAISS splits a search across OpenMP threads by query: a lone query gains nothing,
@@ -359,3 +365,18 @@ class PoolIndex:
         ]
         return out[0] if single else out
 
+
+def _add(index: faiss.Index, vectors: np.ndarray, kind: str, show_progress: bool) -> None:
+    """Add the vectors in chunks, with a progress bar when asked (HNSW at 100k+ takes minutes)."""
+    n = len(vectors)
+    if not show_progress or n <= 50_000:
+        if n:
+            index.add(vectors)
+        return
+    from tqdm.auto import tqdm
+
+    step = 20_000
+    with tqdm(total=n, desc=f"indexing ({kind})", unit="vec", unit_scale=True) as bar:
+        for i in range(0, n, step):
+            index.add(vectors[i:i + step])
+            bar.update(min(step, n - i))
