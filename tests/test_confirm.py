@@ -207,6 +207,33 @@ def test_nothing_beats_the_baseline_exports_the_baseline_and_says_so(
     r = runner.invoke(app, ["study", "confirm", str(path)])
     assert r.exit_code == 0 and "No trial beat the baseline" in r.output
 
+    # generate with the bundle (as serve renders it), with a URIAL file, and zero-shot
+    from icl_search.prompt import Budget, Template
+
+    qs = load_splits(cfg).confirm[:3]
+    qfile = tmp_path / "q.jsonl"
+    _write_queries(qfile, [{"id": q.id, "query": q.query} for q in qs])
+    budget = Budget(tiny_engine.count_tokens, tiny_engine.context_window)
+    expect = {
+        "--bundle": [b.render(q.query, budget=budget) for q in qs],
+        "--zero-shot": [Template().render("", [], q.query) for q in qs],
+    }
+    for flag, prompts in expect.items():
+        ans = tmp_path / f"a{flag}.jsonl"
+        args = [flag, str(out)] if flag == "--bundle" else [flag, "--model", str(tiny_model_dir)]
+        r = runner.invoke(app, ["generate", str(qfile), "--out", str(ans), "--with-prompts",
+                                "--max-model-len", "1024", *args])
+        assert r.exit_code == 0, r.output
+        rows = [json.loads(line) for line in ans.read_text().splitlines()]
+        assert [x["prompt"] for x in rows] == prompts and all(x["answer"] is not None
+                                                                 for x in rows)
+    # zero-shot is the template's query block alone: no preamble, no example
+    assert expect["--zero-shot"][0] == Template().query_block(qs[0].query) == \
+        f"\n# Query:\n```\n{qs[0].query}\n```\n\n# Answer:\n```\n"
+    r = runner.invoke(app, ["generate", str(qfile), "--out", str(tmp_path / "u.jsonl"),
+                            "--urial", str(tmp_path / "no_such.txt")])
+    assert r.exit_code == 2 and f"--urial: URIAL prompt file not found: {tmp_path}" in r.output
+
 
 def test_killed_confirmation_resumes_without_repaying(tmp_path, tiny_model_dir, tiny_engine):
     path = _confirm_config(tmp_path, tiny_model_dir, "kill", optuna="n_trials = 4\nchunk_size = 1")

@@ -64,10 +64,22 @@ def generate(
                                             "with query, answer), all rows used in order."),
     ids: Optional[str] = typer.Option(None, help="Comma-separated example ids to take from "
                                       "--examples, in this order."),
-    max_tokens: int = typer.Option(256, help="Maximum generated tokens per answer."),
-    temperature: float = typer.Option(0.0, help="0 = greedy (URIAL default)."),
-    top_p: float = typer.Option(1.0),
-    repetition_penalty: float = typer.Option(1.1, help="URIAL uses 1.1 on base models."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Answer with an exported "
+                                          "bundle's context (its per-query selection, template, "
+                                          "decoding and model), exactly as `serve` would."),
+    zero_shot: bool = typer.Option(False, "--zero-shot", help="No context: the prompt is the "
+                                   "template's query block alone (a newline, '# Query:', the "
+                                   "fenced query, a blank line, '# Answer:' and the opening "
+                                   "fence), no preamble, no examples: the base model as it is."),
+    urial: Optional[Path] = typer.Option(None, "--urial", help="A URIAL-format prompt file "
+                                         "(e.g. URIAL's inst_1k.txt): its preamble and examples."),
+    max_tokens: Optional[int] = typer.Option(None, help="Maximum generated tokens per answer "
+                                             "(default 256, or the bundle's)."),
+    temperature: Optional[float] = typer.Option(None, help="Default 0 = greedy (URIAL), or "
+                                                "the bundle's."),
+    top_p: Optional[float] = typer.Option(None, help="Default 1.0, or the bundle's."),
+    repetition_penalty: Optional[float] = typer.Option(
+        None, help="Default 1.1 (URIAL's on base models), or the bundle's."),
     max_model_len: Optional[int] = typer.Option(None, help="Context window (default: model's)."),
     batch_size: int = typer.Option(32, min=1, help="Queries rendered and sent per engine call."),
     cache: Optional[Path] = typer.Option(None, help="Generation cache file "
@@ -75,7 +87,9 @@ def generate(
     no_cache: bool = typer.Option(False, "--no-cache", help="Always call the model."),
     with_prompts: bool = typer.Option(False, help="Also write each rendered prompt."),
 ) -> None:
-    """Answer each query with a URIAL prompt (system preamble + examples) on a base model."""
+    """Answer each query with a URIAL prompt (system preamble + examples) on a base model:
+    a preamble/examples given here, a bundle (--bundle), a URIAL prompt file (--urial), or no
+    context at all (--zero-shot)."""
     from tqdm.auto import tqdm
 
     from icl_search.cache import Cache
@@ -85,19 +99,49 @@ def generate(
     from icl_search.io import write_jsonl
     from icl_search.models import ModelError
 
+    modes = [n for n, on in (("--bundle", bundle), ("--zero-shot", zero_shot),
+                             ("--urial", urial), ("--system", system),
+                             ("--examples", examples)) if on]
+    if len(modes) > 1 and modes != ["--system", "--examples"]:
+        fail(f"{' and '.join(modes)}: give one context (a bundle, a URIAL file, zero-shot, or "
+             "--system/--examples)")
+    decoding = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
+                "repetition_penalty": repetition_penalty}
+    decoding = {k: v for k, v in decoding.items() if v is not None}
+    template = None
+    b = None
+    if bundle is not None:
+        from icl_search.bundle import Bundle
+
+        b = Bundle.load(bundle)  # a BundleError names the file and field
+        system_text, exs, template = b.system, (lambda q: b.select(q.query)), b.template
+        base = b.sampling
+    else:
+        base = SamplingParams(max_tokens=256, temperature=0.0, top_p=1.0,
+                              repetition_penalty=1.1)
+        if zero_shot:
+            system_text, exs = "", []
+        elif urial is not None:
+            system_text, exs = _read_urial(urial)
+        else:
+            system_text = _read_system(system)
+            exs = _load_examples(examples, ids)
     try:
-        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                repetition_penalty=repetition_penalty)
+        params = base.replace(**decoding) if decoding else base
     except ValueError as exc:
         fail(str(exc))
     try:
         qs = load_queries(queries)
     except QueryFileError as exc:
         fail(str(exc))
-    system_text = _read_system(system)
-    exs = _load_examples(examples, ids)
+    if engine:
+        spec = engine
+    elif b is not None and model == "default":  # the model the bundle was searched on
+        spec = b.model if b.model.startswith(("vllm:", "openai:")) else f"vllm:{b.model}"
+    else:
+        spec = f"vllm:{model}"
     try:
-        eng = make_engine(engine or f"vllm:{model}", max_model_len=max_model_len)
+        eng = make_engine(spec, max_model_len=max_model_len)
     except (EngineError, ModelError, ValueError) as exc:
         fail(str(exc))
     if not no_cache:
@@ -105,8 +149,8 @@ def generate(
     with tqdm(total=len(qs), desc="answering", unit="query", file=sys.stderr) as bar:
         try:
             answers = generate_answers(eng, qs, system=system_text, examples=exs, params=params,
-                                       batch_size=batch_size, progress=bar.update,
-                                       keep_prompts=with_prompts)
+                                       template=template, batch_size=batch_size,
+                                       progress=bar.update, keep_prompts=with_prompts)
         except EngineError as exc:
             fail(str(exc))
     write_jsonl(out, (a.to_dict(with_prompt=with_prompts) for a in answers))
@@ -116,6 +160,15 @@ def generate(
               f"{len(failed)} failed)", highlight=False)
     for a in failed[:5]:
         err.print(f"  query {a.id}: {a.error}", highlight=False)
+
+
+def _read_urial(path: Path) -> tuple[str, list]:
+    from icl_search.pool import read_urial
+
+    if not path.is_file():
+        fail(f"--urial: URIAL prompt file not found: {path}")
+    doc = read_urial(path)
+    return doc.system, doc.answered
 
 
 def _read_system(path: Optional[Path]) -> str:
