@@ -36,6 +36,7 @@ def _run(config: Path, storage: Optional[str], n_trials: Optional[int],
 
     cfg = _config(config, **{"optuna.storage": storage, "optuna.n_trials": n_trials,
                              "optuna.timeout_minutes": timeout_minutes})
+    cfg.check_engine()
     say = lambda m: err.print(m, highlight=False)  # noqa: E731
     say(f"study [bold]{cfg.name}[/] -> {redact(cfg.storage_url)}"
         + (" (worker)" if worker else ""))
@@ -109,6 +110,7 @@ def confirm_cmd(
 def validate(config: Path = typer.Argument(...)) -> None:
     """Check a config (fields, files) without loading any model."""
     cfg = _config(config)
+    cfg.check_engine()
     typer.echo(f"ok: study {cfg.name!r}, {len(cfg.search.system_prompts)} preambles, "
                f"k in {list(cfg.search.k)}, {cfg.optuna.n_trials} trials")
 

@@ -269,18 +269,23 @@ class StudyConfig(_Strict):
         for name, p in fields:
             if not self.path(p).exists():
                 raise ConfigError(f"{self.source}: field '{name}': file not found: {self.path(p)}")
-        kind, _, target = self.model.engine.partition(":")
-        # Only what is plainly a path: `vllm:ORG/NAME` may be a Hugging Face id.
-        if kind == "vllm" and target.startswith(("/", "./", "../", "~")):
-            folder = Path(target).expanduser().resolve()
-            if not folder.exists():
-                raise ConfigError(f"{self.source}: field 'model.engine': model folder not "
-                                  f"found: {folder}")
         if self.search.baseline.system and self.search.baseline.system not in \
                 self.search.system_prompts:
             raise ConfigError(
                 f"{self.source}: field 'search.baseline.system': {self.search.baseline.system!r} "
                 f"is not one of search.system_prompts {self.search.system_prompts}")
+
+
+    def check_engine(self) -> None:
+        """The engine's model folder exists, when `model.engine` is plainly a path (`vllm:ORG/NAME`
+        may be a Hugging Face id). Not part of loading: a config written for another machine
+        (studies/gpu-7b.toml) still loads here; `study validate` and `study run` call it."""
+        kind, _, target = self.model.engine.partition(":")
+        if kind == "vllm" and target.startswith(("/", "./", "../", "~")):
+            folder = Path(target).expanduser().resolve()
+            if not folder.exists():
+                raise ConfigError(f"{self.source}: field 'model.engine': model folder not "
+                                  f"found: {folder}")
 
 
 def _format_error(source: Path | str, exc: ValidationError) -> str:
