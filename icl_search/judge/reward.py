@@ -48,6 +48,7 @@ class Recipe:
     length_covariate: bool = True
     safety_share: float = 0.2  # of the steps, spent on safety groups
     pair_margin: float = 0.1  # alpaca preference units; safety pairs need 1 point
+    offtopic: int = 0  # answers to *other* queries added to a group, ranked below its own
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -160,10 +161,10 @@ def train_reward(groups: Sequence[Group], recipe: Recipe = Recipe(), *,
     by_kind = {k: [g for g in usable if g.kind == k] for k in ("alpaca", "safety")}
     if not by_kind["alpaca"] and not by_kind["safety"]:
         raise ValueError("no query has two differently judged answers to learn from")
-    tokens = {}
+    q_ids, a_ids = {}, {}
     for g in usable:
-        q = enc.ids([g.query])[0]
-        tokens[g.id, g.kind] = [enc.pair(q, a) for a in enc.ids([a.text for a in g.answers])]
+        q_ids[g.id, g.kind] = enc.ids([g.query])[0]
+        a_ids[g.id, g.kind] = enc.ids([a.text for a in g.answers])
     _freeze(model, recipe.freeze_layers)
     beta = torch.nn.Parameter(torch.zeros(2))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -183,10 +184,21 @@ def train_reward(groups: Sequence[Group], recipe: Recipe = Recipe(), *,
         picked = rng.sample(range(len(g.answers)), min(recipe.group_size, len(g.answers)))
         head = SAFETY_HEAD if kind == "safety" else QUALITY
         pairs = _pairs(g, picked, 1.0 if kind == "safety" else recipe.pair_margin)
+        seqs = [enc.pair(q_ids[g.id, g.kind], a_ids[g.id, g.kind][i]) for i in picked]
+        words = [g.answers[i].words for i in picked]
+        if kind == "alpaca" and recipe.offtopic and len(by_kind["alpaca"]) > 1:
+            # An answer to another query is worse than any answer to this one: the judge
+            # learns relevance, which length and fluency alone cannot fake (NullModel).
+            for _ in range(recipe.offtopic):
+                o = rng.choice([x for x in by_kind["alpaca"] if x.id != g.id])
+                k = rng.randrange(len(o.answers))
+                seqs.append(enc.pair(q_ids[g.id, g.kind], a_ids[o.id, o.kind][k]))
+                words.append(o.answers[k].words)
+                pairs += [(x, len(seqs) - 1, 0.1) for x in range(len(picked))]
         if pairs:
-            batch = enc.batch([tokens[g.id, g.kind][i] for i in picked])
+            batch = enc.batch(seqs)
             r = model(**batch).logits[:, head]
-            loglen = torch.tensor([math.log1p(g.answers[i].words) for i in picked])
+            loglen = torch.tensor([math.log1p(w) for w in words])
             s = r + beta[head] * loglen if recipe.length_covariate else r
             i_idx = torch.tensor([p[0] for p in pairs])
             j_idx = torch.tensor([p[1] for p in pairs])
