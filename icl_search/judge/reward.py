@@ -48,7 +48,6 @@ class Recipe:
     length_covariate: bool = True
     safety_share: float = 0.2  # of the steps, spent on safety groups
     pair_margin: float = 0.1  # alpaca preference units; safety pairs need 1 point
-    offtopic: int = 0  # answers to *other* queries added to a group, ranked below its own
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -186,15 +185,6 @@ def train_reward(groups: Sequence[Group], recipe: Recipe = Recipe(), *,
         pairs = _pairs(g, picked, 1.0 if kind == "safety" else recipe.pair_margin)
         seqs = [enc.pair(q_ids[g.id, g.kind], a_ids[g.id, g.kind][i]) for i in picked]
         words = [g.answers[i].words for i in picked]
-        if kind == "alpaca" and recipe.offtopic and len(by_kind["alpaca"]) > 1:
-            # An answer to another query is worse than any answer to this one: the judge
-            # learns relevance, which length and fluency alone cannot fake (NullModel).
-            for _ in range(recipe.offtopic):
-                o = rng.choice([x for x in by_kind["alpaca"] if x.id != g.id])
-                k = rng.randrange(len(o.answers))
-                seqs.append(enc.pair(q_ids[g.id, g.kind], a_ids[o.id, o.kind][k]))
-                words.append(o.answers[k].words)
-                pairs += [(x, len(seqs) - 1, 0.1) for x in range(len(picked))]
         if pairs:
             batch = enc.batch(seqs)
             r = model(**batch).logits[:, head]
