@@ -126,8 +126,10 @@ def prepare_default(data: str | os.PathLike | None = None, *, recipe: Recipe | N
         if target.exists():
             say(f"{target}: incomplete or damaged judge folder; training it again")
         say(f"preparing the default judge from {root} (once; cached in {target}) ...")
+        # Under the lock no one else writes this judge: any partial folder is a killed run's.
+        for stale in target.parent.glob(f".{target.name}.partial-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = target.parent / f".{target.name}.partial-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
             _train_into(tmp, root, files, key, recipe, progress, threads, say)
