@@ -532,3 +532,29 @@ def test_pool_import_removes_the_temp_file_a_killed_import_left(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["a.jsonl", "pool.jsonl", mine.name])
     assert Pool.load(out).ids == ["a-1"]
+
+
+def test_stale_temp_files_are_only_those_of_dead_writers_on_this_host(tmp_path):
+    import os
+    import time
+
+    from icl_search.io import LEGACY_TEMP_AGE_S, _host, remove_stale_temps
+
+    target = tmp_path / "p.jsonl"
+    other_host = "0" * 8 if _host() != "0" * 8 else "1" * 8
+    names = {
+        "dead": f".p.jsonl.999999999@{_host()}.abc123.tmp",     # no such PID here
+        "alive": f".p.jsonl.{os.getpid()}@{_host()}.abc123.tmp",
+        "elsewhere": f".p.jsonl.999999999@{other_host}.abc123.tmp",  # its PID means nothing here
+        "old_legacy": ".p.jsonl.k2j4h5g6.tmp",                   # before writers were tagged
+        "new_legacy": ".p.jsonl.a1b2c3d4.tmp",
+        "other_file": f".q.jsonl.999999999@{_host()}.abc123.tmp",  # another target
+    }
+    for name in names.values():
+        (tmp_path / name).write_text("x")
+    old = time.time() - LEGACY_TEMP_AGE_S - 60
+    os.utime(tmp_path / names["old_legacy"], (old, old))
+    removed = remove_stale_temps(target)
+    assert sorted(p.name for p in removed) == sorted([names["dead"], names["old_legacy"]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        names[k] for k in ("alive", "elsewhere", "new_legacy", "other_file"))
