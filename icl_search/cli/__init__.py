@@ -61,3 +61,4 @@ from icl_search.cli import judge as _judge  # noqa: E402,F401
 from icl_search.cli import study as _study  # noqa: E402,F401
 from icl_search.cli import serve as _serve  # noqa: E402,F401
 from icl_search.cli import export as _export  # noqa: E402,F401
+from icl_search.cli import propose as _propose  # noqa: E402,F401

@@ -196,6 +196,32 @@ class FeedbackSection(_Strict):
     pairwise: PairwiseFeedback | None = None
 
 
+class ProposeSection(_Strict):
+    """Proposed contexts (icl_search.propose): rounds of LM-written preambles and restyles."""
+
+    spec: str = Field("self", description="proposer: self (the base model), dspy:<provider>/"
+                      "<model>[@api_base], openai:URL or vllm:NAME_OR_PATH")
+    rounds: int = Field(1, ge=0, description="rounds after round 0 (the config's own space)")
+    per_round: int = Field(4, ge=1, le=32, description="preambles asked for per round")
+    restyle: bool = Field(False, description="round 1 also restyles the pool's answers")
+    top: int = Field(3, ge=0, description="best configurations so far enqueued per round")
+    max_chars: int = Field(2000, ge=50, description="longest preamble accepted")
+    min_recall: float = Field(0.6, ge=0, le=1, description="restyle: key-token recall needed")
+    min_cosine: float = Field(0.8, ge=-1, le=1, description="restyle: cosine to the original")
+    api_key_env: str | None = Field(None, description="env var holding the proposer's API key")
+
+    @field_validator("spec")
+    @classmethod
+    def _spec(cls, v: str) -> str:
+        from icl_search.propose.proposer import ProposeError, parse_proposer_spec
+
+        try:
+            parse_proposer_spec(v)
+        except ProposeError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+
 class StudyConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
@@ -208,6 +234,7 @@ class StudyConfig(_Strict):
     optuna: OptunaSection = Field(default_factory=OptunaSection)
     template: dict[str, Any] | None = None
     feedback: FeedbackSection | None = None
+    propose: ProposeSection | None = None
     artifacts_dir: str | None = None
     cache: str | None = Field(None, description="cache file (default: the user cache)")
 
