@@ -118,6 +118,10 @@ def test_missing_urial_file_is_one_message_naming_it(tmp_path, tiny_model_dir):
     assert r.exit_code == 2
     assert r.output.count("error:") == 1
     assert f"field 'search.baseline.urial': file not found: {missing}" in r.output
+    # `study confirm` on a config without a confirm set says what to add
+    r = runner.invoke(app, ["study", "confirm", str(write_config(tmp_path, tiny_model_dir,
+                                                                 name="plain"))])
+    assert r.exit_code == 2 and "no confirm set: add eval.confirm" in r.output
 
 
 # -- the stage -------------------------------------------------------------------------------

@@ -375,7 +375,6 @@ def report_lines(study: optuna.Study) -> list[str]:
     s = summarize(study)
     if s is None:
         return []
-    return (["", "## Confirmation", "",
-             f"On {s.n_queries} confirm queries the search never saw, judge `{s.judge}`; "
-             f"intervals: 95% bootstrap (BCa); p: {TEST}.", ""]
-            + table_lines(s) + ["", s.sentence()])
+    intro = (f"On {s.n_queries} confirm queries the search never saw, judge `{s.judge}`; "
+             f"intervals: 95% bootstrap (BCa); p: {TEST}.")
+    return ["", "## Confirmation", "", intro, "", *table_lines(s), "", s.sentence()]
