@@ -215,6 +215,9 @@ def main() -> None:
                     help="alternate the servers in this many rounds of requests/rounds each")
     ap.add_argument("--k", type=int, default=3, help="examples retrieved per query")
     ap.add_argument("--max-query-chars", type=int, default=300)
+    ap.add_argument("--fixed", action="store_true",
+                    help="serve a fixed bundle (the k first pool examples) instead: no retrieval "
+                         "on the request path, to separate its cost from the server's")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     settings = SETTINGS[args.model]
@@ -241,9 +244,11 @@ def main() -> None:
                     ).save(index_dir)
     sampling = SamplingParams(max_tokens=max_tokens)
     bundle_path = tmp / "bench.json"
+    context = ({"examples": pool.examples[:args.k]} if args.fixed else
+               {"selection": {"strategy": "knn", "k": args.k}, "pool_path": POOL,
+                "index_dir": index_dir})
     bundle = Bundle.create(model=model, system=SYSTEM.read_text(encoding="utf-8"),
-                           selection={"strategy": "knn", "k": args.k}, pool_path=POOL,
-                           index_dir=index_dir, sampling=sampling, bundle_path=bundle_path)
+                           sampling=sampling, bundle_path=bundle_path, **context)
     bundle_path = bundle.save(bundle_path)
     bundle = Bundle.load(bundle_path)
     queries = queries_for(args.requests + 2, args.max_query_chars)
@@ -315,7 +320,8 @@ def main() -> None:
         "benchmark": "serve-vs-vllm", "model": args.model, "model_path": model,
         "clients": args.clients, "requests": args.requests, "rounds": args.rounds,
         "max_tokens": max_tokens, "max_model_len": max_model_len,
-        "bundle": f"retrieval: urial_style + kNN k={args.k} over pools/default.jsonl",
+        "bundle": (f"fixed: urial_style + the first {args.k} pool examples" if args.fixed else
+                   f"retrieval: urial_style + kNN k={args.k} over pools/default.jsonl"),
         "queries": "distinct just-eval instructions" if JUST_EVAL.is_file() else "dev eval set",
         "decoding": "greedy, ignore_eos, streaming /v1/completions, the template's stop strings",
         "render_ms_per_query_in_bench": round(render_s / len(rendered) * 1e3, 2),

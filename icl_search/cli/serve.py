@@ -114,6 +114,15 @@ def serve_cmd(
 
     engine = AsyncVLLMEngine(target, max_model_len=max_model_len,
                              kv_cache_memory_bytes=kv_cache_memory_bytes)
+    if bundle.mode == "retrieval" and engine.device == "cpu":
+        # vLLM's engine core runs in its own process on the same cores. torch's OpenMP workers
+        # in this one (the query embedder) spin while they wait and took those cores from it:
+        # 0.39 of a plain vLLM server's throughput with torch's 2 threads, 1.0 with one
+        # (bench/serve_vs_vllm.py, tiny model, 2 cores). One thread also embeds a lone query
+        # fastest on a busy host.
+        import torch
+
+        torch.set_num_threads(1)
     application = create_app(bundle, engine, model_name=served_model_name, api_key=api_key,
                              system_mode=system_mode.value, max_concurrency=max_concurrency,
                              lock_context=lock_context, docs=docs)
