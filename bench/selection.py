@@ -241,8 +241,9 @@ def bench_size(n: int, args, base_texts, base_vecs, queries, qv, embedder, syste
     kinds = list(dict.fromkeys(pick if kd == "auto" else kd for kd in args.kinds.split(",")))
     rows = []
     for kind in kinds:
-        if kind == "hnsw" and n > args.hnsw_max:
-            print(f"  {kind}: skipped above --hnsw-max {args.hnsw_max:,}", flush=True)
+        limit = {"hnsw": args.hnsw_max, "flat": args.flat_max}.get(kind)
+        if limit is not None and n > limit and kind != pick:
+            print(f"  {kind}: skipped above --{kind}-max {limit:,}", flush=True)
             continue
         rows.append(measure_kind(kind, pool, cached, embedder, queries, qv, gt, k, kind == pick,
                                  args, system))
@@ -320,6 +321,9 @@ def main() -> None:
                     help="index kinds measured at each size ('auto' = what PoolIndex picks)")
     ap.add_argument("--hnsw-max", type=int, default=1_000_000,
                     help="skip HNSW above this pool size (its build is the slowest)")
+    ap.add_argument("--flat-max", type=int, default=1_000_000,
+                    help="skip the exact index as a kind above this size (exact search is "
+                         "still timed as the ground truth)")
     ap.add_argument("--dspy-calls", type=int, default=256,
                     help="queries timed through the whole dspy.KNN call")
     ap.add_argument("--seed", type=int, default=0)
