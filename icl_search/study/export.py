@@ -91,7 +91,7 @@ def export_bundle(study: optuna.Study, out: str | Path, *, trial_number: int | N
                   storage_url: str | None = None, urial_out: str | Path | None = None,
                   search_best: bool = False):
     """Write the chosen trial as a bundle JSON; optionally also as a URIAL prompt file (fixed
-    sets only). Returns the `Bundle`.
+    sets only: for a retrieval bundle `urial_out` is not written). Returns the `Bundle`.
 
     The default trial is the confirmed best when the study was confirmed (the baseline when no
     trial beat it on the confirm set), else, or with `search_best`, the best search score.
@@ -155,8 +155,9 @@ def export_bundle(study: optuna.Study, out: str | Path, *, trial_number: int | N
                                index_dir=info["index_dir"],
                                embedder=None if info["embedder"] == "default" else info["embedder"],
                                **common)
-    # render the URIAL file first: a retrieval bundle has none, and then nothing is written
-    text = bundle.to_urial() if urial_out is not None else None
+    # a retrieval bundle chooses its examples per query: it has no single URIAL prompt file
+    # (the caller says so), but the bundle itself is always written
+    text = bundle.to_urial() if urial_out is not None and bundle.mode == "fixed" else None
     bundle.save(out)
     if text is not None:
         from icl_search.io import atomic_write
