@@ -116,6 +116,14 @@ def test_demo_when_retrieval_wins(tmp_path, tiny_model_dir):
     assert len(ids) == 2 and all(i in out["select"] for i in ids)
     assert bundle.render(QUERY) in out["select"]
 
+    # the other read-only commands on a study whose baseline failed
+    r = runner.invoke(app, ["study", "status", str(path)])
+    assert r.exit_code == 0, r.output
+    assert "1/2 finished (complete 1, fail 1)" in r.output
+    assert "best: trial 1 score" in r.output and "k=2, knn" in r.output
+    r = runner.invoke(app, ["study", "trials", str(path)])
+    assert r.exit_code == 0, r.output
+
     # a later export of a fixed trial writes the URIAL file; re-exporting the retrieval best
     # then removes it instead of leaving another trial's prompt beside the bundle
     r = runner.invoke(app, ["export", str(path), "--trial", "1", "-o", str(runs / "b.json"),
