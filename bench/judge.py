@@ -137,8 +137,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=None, help="reference data folder")
     ap.add_argument("--queries", type=int, default=None, help="fast judges: first N held-out "
                     "queries (default: all)")
-    ap.add_argument("--slow-queries", type=int, default=12)
-    ap.add_argument("--slow-safety", type=int, default=5)
+    ap.add_argument("--slow-queries", type=int, default=6)
+    ap.add_argument("--slow-safety", type=int, default=3)
     ap.add_argument("--smollm2-dir", type=Path,
                     default=ROOT / "runs" / "bench-judge" / "SmolLM2-135M-Instruct")
     ap.add_argument("--distilled-dir", type=Path,

@@ -149,9 +149,12 @@ def test_prepare_trains_once_rebuilds_damage_and_keys_by_data(data, home, monkey
     assert not prepare.is_complete(folder)
     with pytest.raises(IclSearchError, match="not a complete reward judge"):
         make_judge(f"reward:{folder}")
+    killed = folder.parent / f".{folder.name}.partial-99999"  # a run killed mid-training
+    (killed / "sub").mkdir(parents=True)
     said = []
     assert prepare.prepare_default(data, progress=False, say=said.append) == folder
     assert prepare.is_complete(folder) and any("damaged" in m for m in said)
+    assert not killed.exists()
 
     # Other training data: another folder, another judge id (a study cache never mixes them).
     f = data / "alpaca-eval" / "annotations" / "ok.dev.jsonl"
