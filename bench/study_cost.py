@@ -199,10 +199,23 @@ def main() -> None:
         _sb.build_engine(judge_model, args.model, True)
     evalset = eval_file(tmp, max(queries))
 
-    rows = []
+    rows: list[dict] = []
+
+    def result() -> dict:
+        return {
+            "benchmark": "study-cost", "model": args.model, "generator_path": model,
+            "judge": f"logprob:vllm:{judge_model}", "max_tokens": args.max_tokens,
+            "batch_trials": args.batch_trials, "chunk": args.chunk, "seed": args.seed,
+            "decoding": "greedy (temperature 0), repetition_penalty 1.1",
+            "cells": rows, "wall_s": time.perf_counter() - started,
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "platform": platform.platform()},
+        }
+
     for q in queries:
         for t in trials:
             rows.append(run_cell(tmp, f"t{t}-q{q}", engines, evalset, t, q, args))
+            write_json(out_path, result())  # a partial grid survives an interrupted run
     if args.ablate:
         t, q = trials[0], queries[0]
         rows.append(run_cell(tmp, f"t{t}-q{q}-no-pruner", engines, evalset, t, q, args,
@@ -213,15 +226,7 @@ def main() -> None:
         rows.append(run_cell(tmp, f"t{t}-q{q}-no-prefix-cache", engines, evalset, t, q, args,
                              prefix=False))
 
-    res = {
-        "benchmark": "study-cost", "model": args.model, "generator_path": model,
-        "judge": f"logprob:vllm:{judge_model}", "max_tokens": args.max_tokens,
-        "batch_trials": args.batch_trials, "chunk": args.chunk, "seed": args.seed,
-        "decoding": "greedy (temperature 0), repetition_penalty 1.1",
-        "cells": rows, "wall_s": time.perf_counter() - started,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-    }
+    res = result()
     write_json(out_path, res)
     print(f"\nstudy cost: model={args.model}, max_tokens {args.max_tokens}, batches of "
           f"{args.batch_trials} trials, pruning chunks of {args.chunk} queries")
