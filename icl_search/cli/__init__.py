@@ -53,6 +53,22 @@ app = typer.Typer(
     add_completion=False,
 )
 
+def _version(value: bool) -> None:
+    if value:
+        from icl_search import __version__
+
+        typer.echo(f"icl-search {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Find, export and serve the in-context (URIAL) prompt that aligns a base LLM."""
+
+
 # Command modules register themselves on `app` when imported.
 from icl_search.cli import generate as _generate  # noqa: E402,F401
 from icl_search.cli import select as _select  # noqa: E402,F401

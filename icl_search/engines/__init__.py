@@ -33,6 +33,13 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
 
 
 def make_engine(spec: str, **opts: Any) -> Engine:
+    """The engine a spec names: `vllm:NAME_OR_PATH` (in-process vLLM; `default`, a model
+    folder or a cached Hugging Face id) or `openai:http://host:port/v1[#model]`.
+
+    >>> engine = make_engine("vllm:default", max_model_len=2048)
+    >>> [c.text for c in engine.generate([bundle.render("What is 2+2?")],
+    ...                                  SamplingParams(max_tokens=16))]
+    """
     kind, target, model = parse_spec(spec)
     if kind == "openai":
         from icl_search.engines.openai import OpenAIEngine

@@ -146,6 +146,9 @@ def make_judge(spec: str = "default", *, engine=None, cache=None,
                **opts: Any) -> Judge:
     """Build the judge a spec names.
 
+    >>> judge = make_judge("logprob:vllm:default")
+    >>> judge.score([JudgeItem("1", "What is 2+2?", "4.", "regular")]).overall
+
     engine: an already-loaded `Engine` to use for a logprob/sample judge instead of loading
         the spec's model again (the study passes its generator when both name the same model).
     cache: an `icl_search.cache.Cache` (or a path to one); None disables caching.

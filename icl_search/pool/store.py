@@ -31,6 +31,9 @@ class Pool:
 
     `system` is a preamble that came with the examples (a URIAL import, or a
     `<stem>.system.txt` file beside the pool file), else None.
+
+    >>> pool = Pool.load("pools/default.jsonl")
+    >>> pool["factual-001"].answer
     """
 
     examples: list[Example]

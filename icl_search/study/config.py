@@ -339,7 +339,22 @@ def _format_error(source: Path | str, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path, **overrides: Any) -> StudyConfig:
+def load_config(path: str | Path | typing.Mapping[str, Any], *, base: str | Path | None = None,
+                **overrides: Any) -> StudyConfig:
+    """A study config from a TOML file, or from a dict (the TOML's tables as nested dicts)
+    whose relative paths resolve against `base` (default: the current folder).
+    `overrides` set dotted fields (`**{"optuna.n_trials": 3}`); None values are skipped.
+
+    >>> cfg = load_config("studies/demo.toml", **{"optuna.n_trials": 4})
+    >>> cfg = load_config({"name": "nb", "pool": {"path": "pools/default.jsonl"}, ...},
+    ...                   base="/work/main")
+    """
+    if isinstance(path, typing.Mapping):
+        import copy
+
+        # named as a file in `base`, so messages and the default storage sit beside it
+        where = Path(base if base is not None else Path.cwd()).resolve() / "<dict>"
+        return _validated(copy.deepcopy(dict(path)), where, where, overrides)
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: config file not found")
@@ -352,6 +367,11 @@ def load_config(path: str | Path, **overrides: Any) -> StudyConfig:
         raise ConfigError(f"{path}: cannot read the config ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return _validated(data, path, path.resolve(), overrides)
+
+
+def _validated(data: dict[str, Any], path: Path, source: Path,
+               overrides: dict[str, Any]) -> StudyConfig:
     for dotted, value in overrides.items():
         if value is None:
             continue
@@ -366,6 +386,6 @@ def load_config(path: str | Path, **overrides: Any) -> StudyConfig:
         raise ConfigError(_format_error(path, exc)) from None
     except ValueError as exc:  # template field errors
         raise ConfigError(f"{path}: field 'template': {exc}") from None
-    cfg = cfg.model_copy(update={"source": path.resolve()})
+    cfg = cfg.model_copy(update={"source": source})
     cfg.check_files()
     return cfg
