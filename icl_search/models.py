@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -122,7 +123,8 @@ def list_prepared() -> list[PreparedModel]:
 
 
 def resolve_model(name_or_path: str | os.PathLike, *, auto_prepare: bool = True) -> Path:
-    """A known model name (prepared on first use) or a path to a Hugging Face model folder."""
+    """A known model name (prepared on first use), a path to a Hugging Face model folder, or
+    a Hugging Face Hub id `ORG/NAME` (`hub_snapshot`)."""
     s = str(name_or_path)
     if s in ("default", DEFAULT_MODEL):
         if not auto_prepare and not (models_dir() / DEFAULT_MODEL / MARKER).exists():
@@ -135,11 +137,53 @@ def resolve_model(name_or_path: str | os.PathLike, *, auto_prepare: bool = True)
         return p
     if (models_dir() / s / MARKER).exists():
         return models_dir() / s
+    if HF_ID.fullmatch(s) and not s.startswith((".", "~")):
+        return hub_snapshot(s)
     raise ModelError(
-        f"unknown model {s!r}: not a folder, and not a known model "
+        f"unknown model {s!r}: not a folder, not a Hugging Face id (ORG/NAME), and not a "
+        "known model "
         f"(known: {', '.join(KNOWN_MODELS)}; prepared: "
         f"{', '.join(m.name for m in list_prepared()) or 'none'})"
     )
+
+
+#: `ORG/NAME`, as the Hugging Face Hub spells a model id (vLLM's `--model` takes the same)
+HF_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _truthy(v: str | None) -> bool:
+    return (v or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """The local folder of Hugging Face model `repo_id`: from the Hub cache (`HF_HOME`,
+    `HF_HUB_CACHE`), downloaded into it first unless `HF_HUB_OFFLINE` is set."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    # the environment now, not at huggingface_hub's import (a notebook or test may set it late)
+    cache = os.environ.get("HF_HUB_CACHE") or str(
+        Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub")
+    offline = _truthy(os.environ.get("HF_HUB_OFFLINE"))
+    try:
+        folder = Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=True))
+    except LocalEntryNotFoundError:
+        if offline:
+            raise ModelError(
+                f"{repo_id!r} is neither a model folder nor a Hugging Face model in the local "
+                f"Hub cache ({cache}), and HF_HUB_OFFLINE is set, so it cannot be downloaded: "
+                "unset HF_HUB_OFFLINE, or "
+                f"fetch it where there is a network (`hf download {repo_id}`) and copy the "
+                "cache over") from None
+        try:
+            folder = Path(snapshot_download(repo_id, cache_dir=cache))
+        except (HfHubHTTPError, OSError, ValueError) as exc:
+            raise ModelError(f"Hugging Face model {repo_id!r}: download failed "
+                             f"({type(exc).__name__}: {exc})") from None
+    if not (folder / "config.json").exists():
+        raise ModelError(f"Hugging Face model {repo_id!r} ({folder}): no config.json; not a "
+                         "transformers model")
+    return folder
 
 
 def model_fingerprint(path: str | os.PathLike) -> str:

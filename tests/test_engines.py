@@ -103,3 +103,51 @@ def test_unreachable_endpoint_fails_after_bounded_retries():
     url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(EngineError, match=r"unreachable after 3 attempts"):
         OpenAIEngine(url, "m", max_retries=2, timeout=2)
+
+
+# -- Hugging Face Hub ids --------------------------------------------------------------------
+def _fake_hub_cache(hf_home, model_dir, repo_id: str):
+    """The Hub cache layout huggingface_hub writes (refs/main -> snapshots/<commit>/...)."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(model_dir, repo / "snapshots" / commit,
+                    ignore=shutil.ignore_patterns(".*"))
+    return repo / "snapshots" / commit
+
+
+def test_uncached_hub_id_offline_is_one_message_naming_hf_hub_offline(tmp_path, monkeypatch):
+    from icl_search.models import ModelError, resolve_model
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError) as exc:
+        make_engine("vllm:Qwen/Qwen2.5-0.5B")
+    msg = str(exc.value)
+    assert msg.startswith("'Qwen/Qwen2.5-0.5B' is neither a model folder nor a Hugging Face "
+                          f"model in the local Hub cache ({tmp_path / 'hf' / 'hub'})")
+    assert "HF_HUB_OFFLINE is set" in msg and "hf download Qwen/Qwen2.5-0.5B" in msg
+    # a name that is no id at all keeps the old message
+    with pytest.raises(ModelError, match="not a Hugging Face id"):
+        resolve_model("no-such-model")
+
+
+def test_cached_hub_id_loads_the_cached_snapshot(tmp_path, monkeypatch, tiny_model_dir,
+                                                 tiny_engine):
+    from icl_search.models import resolve_model
+    from tests.conftest import TINY_KV_BYTES
+
+    snap = _fake_hub_cache(tmp_path / "hf", tiny_model_dir, "tiny-org/tiny-llama")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_model("tiny-org/tiny-llama") == snap
+    engine = make_engine("vllm:tiny-org/tiny-llama", max_model_len=1024,
+                         kv_cache_memory_bytes=TINY_KV_BYTES)
+    prompt = "The quick brown fox"
+    assert engine.generate([prompt], GREEDY)[0].text == \
+        tiny_engine.generate([prompt], GREEDY)[0].text
