@@ -144,9 +144,14 @@ def probe_sqlite(tmp: Path, model: Path, kills: int, seed: int) -> dict[str, Any
         return trials
 
     for k in range(kills):
-        # A random point of the evaluation: once this run has started a trial (or, every
-        # third kill, of the whole run, model loading included), a random delay more.
-        delay = rng.uniform(0.0, 8.0) if k % 3 else rng.uniform(2.0, 30.0)
+        # A random point of the evaluation: once this run has started a trial, a random part
+        # of a typical trial's time (or, every third kill, of the whole run, model loading
+        # included). On a loaded machine a trial takes tens of seconds.
+        spans = [(t.datetime_complete - t.datetime_start).total_seconds()
+                 for t in trials_of("rel", storage) if t.state in done_states
+                 and t.datetime_complete and t.datetime_start]
+        typical = statistics.median(spans) if spans else 20.0
+        delay = rng.uniform(0.1, 1.5) * typical if k % 3 else rng.uniform(5.0, 60.0)
         with (tmp / f"rel-run{k}.log").open("w") as fh:
             started = datetime.datetime.now()
             proc = subprocess.Popen(cli("study", "run", str(path)), stdout=fh, stderr=fh, env=env)
@@ -492,6 +497,8 @@ def main() -> None:
     ap.add_argument("--skip", action="append", default=[],
                     choices=["sqlite", "postgres", "judge", "serve", "writes"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="Keep the studies, logs and files here (default: a temporary folder).")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "reliability.json")
     args = ap.parse_args()
     os.environ.update(ENV)
@@ -501,7 +508,8 @@ def main() -> None:
     results: dict[str, Any] = {"load": f"loadavg {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
                                        "cores at start (shared machine)"}
     with tempfile.TemporaryDirectory(prefix="icl-reliability-") as d:
-        tmp = Path(d)
+        tmp = Path(d) if args.workdir is None else args.workdir
+        tmp.mkdir(parents=True, exist_ok=True)
         model = build_tiny_model(tmp / "tiny")
         study_cfg = None
         for name in ("judge", "serve", "sqlite", "postgres", "writes"):
