@@ -92,10 +92,9 @@ def bootstrap(
     `progress(stage, n)`: told how many candidates each stage handled.
     """
     from icl_search.bundle import BundleError
-    from icl_search.engines.base import SamplingParams
+    from icl_search.generation import Job, generate_fitted
     from icl_search.index import Embedder
     from icl_search.judge import JudgeItem
-    from icl_search.prompt import Budget
 
     tell = progress or (lambda stage, n: None)
     cands = [Candidate(q.id, q.query, q.category) for q in queries]
@@ -132,28 +131,26 @@ def bootstrap(
 
     # 2. generation with the bundle's context
     live = [c for c in cands if not c.dropped]
-    budget = Budget(engine.count_tokens, engine.context_window)
-    params = bundle.sampling
-    if not params.stop:
-        params = params.replace(stop=bundle.template.stop)
-    prompts, todo = [], []
+    jobs, todo = [], []
+    system = bundle.system_text()
     for c in live:
         try:
-            prompts.append(bundle.prepare(c.query, budget=budget).prompt)
+            jobs.append(Job(system, bundle.select(c.query), c.query))
             todo.append(c)
-        except BundleError as exc:  # ContextWindowError and friends: this query only
-            c.dropped, c.detail = "too-long", str(exc)
-    if prompts:
-        outs = engine.generate(prompts, SamplingParams(**{**params.to_dict(),
-                                                          "stop": tuple(params.stop)}))
-        for c, o in zip(todo, outs, strict=True):
-            if o.error or o.finish_reason == "error":
-                c.dropped, c.detail = "failed", o.error or "engine error"
-            else:
-                c.answer = bundle.template.clean(o.text)
-                if not c.answer:
-                    c.dropped, c.detail = "failed", "empty answer"
-    tell("generated", len(todo))
+        except BundleError as exc:  # the selector refused this query
+            c.dropped, c.detail = "failed", str(exc)
+    generated = generate_fitted(engine, jobs, bundle.sampling, bundle.template)
+    for c, g in zip(todo, generated, strict=True):
+        o = g.completion
+        if o is None:  # the prompt does not fit the context window, even with no example
+            c.dropped, c.detail = "too-long", g.fit.error or "prompt does not fit"
+        elif o.error or o.finish_reason == "error":
+            c.dropped, c.detail = "failed", o.error or "engine error"
+        else:
+            c.answer = g.answer
+            if not c.answer:
+                c.dropped, c.detail = "failed", "empty answer"
+    tell("generated", sum(g.completion is not None for g in generated))
 
     # 3. rule checks
     if rules == "default":

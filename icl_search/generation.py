@@ -1,4 +1,7 @@
-"""Turning queries into URIAL answers: budget, render, generate in batches, clean."""
+"""Turning queries into URIAL answers: budget, render, generate in batches, clean.
+
+`generate_fitted` is the one fit -> generate -> clean primitive: `generate_answers` (the
+`generate` command), the study's `Evaluator` and `bootstrap` all go through it."""
 
 from __future__ import annotations
 
@@ -7,8 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from icl_search.engines.base import Engine, SamplingParams
-from icl_search.prompt import Budget, Template
+from icl_search.engines.base import Completion, Engine, SamplingParams
+from icl_search.prompt import Budget, Fit, Template
 
 
 @dataclass
@@ -42,6 +45,52 @@ class Timing:
         return (self.total - self.engine) / self.total if self.total else 0.0
 
 
+@dataclass
+class Job:
+    """One prompt to build: a preamble, the examples to fit in front of the query, the query."""
+
+    system: str
+    examples: Sequence[Any]
+    query: str
+
+
+@dataclass
+class Generated:
+    """A job's outcome: how its prompt fitted, the engine's completion and the cleaned answer
+    (both None when the prompt could not fit the context window: `fit.error` says why)."""
+
+    fit: Fit
+    completion: Completion | None = None
+    answer: str | None = None
+
+
+def generate_fitted(
+    engine: Engine,
+    jobs: Sequence[Job],
+    params: SamplingParams,
+    template: Template,
+    *,
+    budget: Budget | None = None,
+    timing: Timing | None = None,
+) -> list[Generated]:
+    """Fit every job into the engine's window (examples dropped from the front), generate the
+    prompts that fit in one engine call (stop strings: the template's unless `params` has
+    some) and clean the answers with the template."""
+    params = template.sampling(params)
+    budget = budget or Budget(engine.count_tokens, engine.context_window)
+    out = [Generated(budget.fit(template, j.system, j.examples, j.query, params.max_tokens))
+           for j in jobs]
+    todo = [g for g in out if g.fit.ok]
+    if todo:
+        t0 = time.perf_counter()
+        completions = engine.generate([g.fit.prompt for g in todo], params)
+        if timing is not None:
+            timing.engine += time.perf_counter() - t0
+        for g, c in zip(todo, completions, strict=True):
+            g.completion, g.answer = c, template.clean(c.text)
+    return out
+
+
 def _ex_id(e: Any, i: int) -> str:
     return str(getattr(e, "id", f"ex{i}"))
 
@@ -67,30 +116,23 @@ def generate_answers(
     """
     template = template or Template()
     params = params or SamplingParams()
-    if not params.stop:
-        params = params.replace(stop=template.stop)
     budget = Budget(engine.count_tokens, engine.context_window)
     t_start = time.perf_counter()
-    engine_s = 0.0
+    engine_time = Timing()
     answers: list[Answer] = []
     for start in range(0, len(queries), batch_size):
         batch = queries[start:start + batch_size]
-        fits = []
-        for q in batch:
-            exs = examples(q) if callable(examples) else examples
-            fits.append((q, budget.fit(template, system, exs, q.query, params.max_tokens)))
-        todo = [f.prompt for _, f in fits if f.ok]
-        t0 = time.perf_counter()
-        outs = iter(engine.generate(todo, params) if todo else [])
-        engine_s += time.perf_counter() - t0
-        for q, f in fits:
-            if not f.ok:
+        jobs = [Job(system, examples(q) if callable(examples) else examples, q.query)
+                for q in batch]
+        for q, g in zip(batch, generate_fitted(engine, jobs, params, template, budget=budget,
+                                               timing=engine_time)):
+            f, c = g.fit, g.completion
+            if c is None:
                 answers.append(Answer(q.id, q.query, None, f.prompt_tokens, 0, "error",
                                       error=f.error))
                 continue
-            c = next(outs)
             answers.append(Answer(
-                q.id, q.query, template.clean(c.text), f.prompt_tokens, c.completion_tokens,
+                q.id, q.query, g.answer, f.prompt_tokens, c.completion_tokens,
                 c.finish_reason, [_ex_id(e, len(f.dropped) + i) for i, e in enumerate(f.kept)],
                 [_ex_id(e, i) for i, e in enumerate(f.dropped)], c.cached, c.error,
                 f.prompt if keep_prompts else None,
@@ -99,5 +141,5 @@ def generate_answers(
             progress(len(batch))
     if timing is not None:
         timing.total += time.perf_counter() - t_start
-        timing.engine += engine_s
+        timing.engine += engine_time.engine
     return answers

@@ -65,6 +65,11 @@ class Template:
             d["stop"] = tuple(d["stop"])
         return cls(**d)
 
+    def sampling(self, params: Any) -> Any:
+        """`params` (engines' SamplingParams) with this template's stop strings when it has
+        none of its own: the one place the stop default is applied."""
+        return params if params.stop else params.replace(stop=self.stop)
+
     # -- rendering -------------------------------------------------------------------------
     def system_block(self, system: str) -> str:
         return system.rstrip("\n") + "\n" if system else ""

@@ -1,5 +1,7 @@
-"""Study reports: baseline vs best per aspect, optimisation history, parameter importances,
-as a Markdown summary with PNG plots (matplotlib) and interactive HTML (plotly)."""
+"""Study reports and trial tables (the one home of both): `trials_frame` (one row per trial, as
+`study trials` and the report's trials.csv show it) and `write_report`: baseline vs best per
+aspect, optimisation history, parameter importances, as a Markdown summary with PNG plots
+(matplotlib) and interactive HTML (plotly, its JavaScript embedded so the files work offline)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,43 @@ from optuna.trial import TrialState
 
 from icl_search.io import atomic_write
 from icl_search.judge import ALL_ASPECTS
+
+
+def trials_frame(study: optuna.Study):
+    """One row per trial: number, state, value, parameters, aspects (a polars DataFrame)."""
+    import polars as pl
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        spec = t.user_attrs.get("spec", {})
+        row = {
+            "number": t.number, "state": t.state.name,
+            # a pruned trial's stored value is its last per-query report: not a score
+            "score": t.values[0] if t.values and t.state != TrialState.PRUNED else None,
+            "partial": (sum(t.intermediate_values.values()) / len(t.intermediate_values)
+                        if t.state == TrialState.PRUNED and t.intermediate_values else None),
+            "role": t.user_attrs.get("role", ""),
+            "system": spec.get("system_name"), "k": spec.get("k"),
+            "strategy": spec.get("strategy"),
+            "examples": ",".join(spec.get("fixed_ids") or []),
+            "mmr_lambda": spec.get("mmr_lambda"),
+            "context_tokens": t.user_attrs.get("context_tokens"),
+            "n_queries": t.user_attrs.get("n_queries"),
+            "screen_score": t.user_attrs.get("screen_score"),
+            "expensive_judge": t.user_attrs.get("expensive_judge"),
+            "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
+            if t.datetime_complete and t.datetime_start else None,
+        }
+        for a, m in (t.user_attrs.get("aspects") or {}).items():
+            row[a] = m
+        fb = t.user_attrs.get("feedback") or {}
+        for source, v in (fb.get("values") or {}).items():  # each feedback source on its own
+            if source != "judge":
+                row[f"fb_{source}"] = v
+        if fb:
+            row["fb_combined"] = fb.get("combined")
+        rows.append(row)
+    return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
 
 
 def _baseline(study: optuna.Study):
@@ -34,8 +73,6 @@ def write_report(cfg, study: optuna.Study, out: Path) -> list[Path]:
     import optuna.visualization as vis
     import optuna.visualization.matplotlib as vis_mpl
 
-    from icl_search.study.runner import trials_frame
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -53,9 +90,17 @@ def write_report(cfg, study: optuna.Study, out: Path) -> list[Path]:
         written.append(path)
 
     def save_html(fig, name: str) -> None:
+        # offline: the pages load plotly.min.js from their own folder, written once, no CDN
+        js = out / "plotly.min.js"
+        if js not in written:
+            from plotly.offline import get_plotlyjs
+
+            with atomic_write(js) as fh:
+                fh.write(get_plotlyjs())
+            written.append(js)
         path = out / name
         with atomic_write(path) as fh:
-            fh.write(fig.to_html(include_plotlyjs="cdn"))
+            fh.write(fig.to_html(include_plotlyjs="directory"))
         written.append(path)
 
     save_png(vis_mpl.plot_optimization_history(study, target=target, target_name=tname),
@@ -97,6 +142,9 @@ def write_report(cfg, study: optuna.Study, out: Path) -> list[Path]:
     lines = [f"# Study `{cfg.name}`", "",
              f"- trials: {len(study.trials)} ({len(completed)} complete)",
              f"- judge: `{cfg.judge.spec}`, eval set: `{cfg.eval.path}`", ""]
+    if base is None:
+        lines += ["**Warning: the study has no finished baseline trial**: the baseline column "
+                  "is empty; rerun `icl-search study run` to evaluate it.", ""]
     if best is not None:
         lines += ["| aspect | baseline | best |", "| --- | --- | --- |"]
         for a in aspects + ["overall"]:
@@ -121,7 +169,8 @@ def write_report(cfg, study: optuna.Study, out: Path) -> list[Path]:
     from icl_search.study.confirm import report_lines as confirm_lines
 
     lines += confirm_lines(study)
-    lines += ["", "## Plots", ""] + [f"- [{p.name}]({p.name})" for p in written]
+    lines += ["", "## Plots", ""] + [f"- [{p.name}]({p.name})" for p in written
+                                     if p.suffix != ".js"]
     df = trials_frame(study)
     csv = out / "trials.csv"
     with atomic_write(csv) as fh:

@@ -15,7 +15,7 @@ from icl_search.evalset import Query, load_queries
 from icl_search.judge import make_judge
 from icl_search.pool import Pool
 from tests.conftest import REPO
-from tests.test_study import write_config
+from tests.helpers import write_config
 
 runner = CliRunner()
 POOL = REPO / "pools" / "default.jsonl"

@@ -23,7 +23,7 @@ from icl_search.judge.distill import (
     split_by_query,
 )
 from tests.conftest import SHARED_DATA
-from tests.test_study import write_config as study_config
+from tests.helpers import write_config as study_config
 
 runner = CliRunner()
 GOOD = "Sure. Here is a clear, complete answer with the steps, an example and a short summary."

@@ -23,7 +23,7 @@ from icl_search.feedback import (
 from icl_search.judge import make_judge
 from icl_search.study import build_evaluator, load_config, open_study, run_study
 from tests.conftest import free_port
-from tests.test_study import write_config
+from tests.helpers import write_config
 
 
 # -- rules -----------------------------------------------------------------------------------

@@ -25,56 +25,9 @@ from icl_search.study import (
     run_study,
 )
 from tests.conftest import REPO, free_port, wait_http
+from tests.helpers import FakeEngine, FakeJudge, write_config
 
 runner = CliRunner()
-POOLS = REPO / "pools"
-
-
-def write_config(tmp: Path, model: Path, name: str = "t", **sections: str) -> Path:
-    """A tiny study config; `optuna=` lines replace the defaults below, `judge=` and `search=`
-    lines are added to those sections, other keyword arguments become sections of their own."""
-    optuna_extra = sections.pop("optuna", "")
-    judge_extra = sections.pop("judge", "")
-    search_extra = sections.pop("search", "")
-    text = f"""
-name = "{name}"
-seed = 3
-[model]
-engine = "vllm:{model}"
-max_model_len = 1024
-[judge]
-spec = "logprob:vllm:{model}"
-min_coverage = 0.0
-{judge_extra}
-[pool]
-path = "{POOLS / 'default.jsonl'}"
-[eval]
-path = "{POOLS / 'eval' / 'dev.jsonl'}"
-limit = 6
-[decoding]
-max_tokens = 8
-[search]
-system_prompts = ["{POOLS / 'system_prompts' / 'urial_style.txt'}",
-                  "{POOLS / 'system_prompts' / 'concise.txt'}"]
-k = [0, 2]
-{search_extra}
-[search.baseline]
-example_ids = ["factual-001", "advice-001"]
-[optuna]
-n_trials = 5
-batch_trials = 3
-chunk_size = 3
-{optuna_extra}
-"""
-    for line in optuna_extra.splitlines():  # extra optuna keys replace the defaults above
-        key = line.split("=")[0].strip()
-        text = "\n".join(t for t in text.splitlines()
-                         if not (t.startswith(key + " =") and t != line))
-    for header, body in sections.items():
-        text += f"\n[{header}]\n{body}\n"
-    path = tmp / f"{name}.toml"
-    path.write_text(text)
-    return path
 
 
 # -- config ----------------------------------------------------------------------------------
@@ -159,6 +112,26 @@ def test_multi_objective_and_report(tmp_path, tiny_model_dir, tiny_engine):
     assert "| overall |" in md and "baseline" in md
     for name in ("history.png", "pareto.html", "trials.csv", "aspects.png"):
         assert (tmp_path / "rep" / name).stat().st_size > 0
+    # the HTML plots work offline: plotly.js sits beside them, no script from the network
+    import re
+
+    for page in (tmp_path / "rep").glob("*.html"):
+        srcs = re.findall(r"<script[^>]*\bsrc=\"([^\"]+)\"", page.read_text())
+        assert srcs == ["plotly.min.js"], (page.name, srcs)
+    assert (tmp_path / "rep" / "plotly.min.js").stat().st_size > 1_000_000
+    # one trial's prompts, answers and per-query scores as Parquet
+    import polars as pl
+
+    r = runner.invoke(app, ["study", "trial", str(path), "0", "--out", str(tmp_path / "t0.parquet")])
+    assert r.exit_code == 0, r.output
+    df = pl.read_parquet(tmp_path / "t0.parquet")
+    assert df.height == 6 and df["trial"].to_list() == [0] * 6
+    assert df["prompt"].str.ends_with("# Answer:\n```\n").all()
+    assert df["overall"].to_list() == pytest.approx(
+        list(study.trials[0].user_attrs["per_query"].values()))
+    r = runner.invoke(app, ["study", "trial", str(path), "42", "--out", str(tmp_path / "x.parquet")])
+    assert r.exit_code == 2 and "trial 42: no such trial in study mo (trials 0-4)" in r.output
+    assert not (tmp_path / "x.parquet").exists()
     r = runner.invoke(app, ["study", "trials", str(path), "--csv", str(tmp_path / "t.csv")])
     assert r.exit_code == 0 and len((tmp_path / "t.csv").read_text().splitlines()) == 6
 
@@ -198,7 +171,9 @@ def test_killed_study_resumes_and_retries_the_interrupted_trial(tmp_path, tiny_m
         time.sleep(0.2)
     proc.wait()
     assert killed_during is not None, (tmp_path / "run.log").read_text()[-2000:]
-    time.sleep(2.5)  # past the grace period (2 heartbeats)
+    # stderr is a file, not a terminal: plain progress lines instead of a live display
+    assert "progress: trials 0/4, batch items 0/6, elapsed" in (tmp_path / "run.log").read_text()
+    time.sleep(3.5)  # past the grace period (2 heartbeats; SQLite keeps whole seconds)
     run_study(cfg, build_evaluator(cfg, engine=tiny_engine, say=lambda m: None))
     trials = open_study(cfg).get_trials()
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -299,3 +274,226 @@ def test_export_round_trip_renders_what_the_study_evaluated(tmp_path, tiny_model
     assert r.exit_code == 0 and Bundle.load(out).provenance.trial == study.best_trial.number
     r = runner.invoke(app, ["export", str(path), "--trial", "99", "--out", str(out)])
     assert r.exit_code == 2 and "--trial 99: no such trial" in r.output
+
+
+# -- fast: the evaluator and the ask/tell loop on the in-memory engine and judge --------------
+def _fake_study(tmp_path, tiny_model_dir, name="fake", **sections):
+    sections["search"] = 'strategies = ["fixed"]\n' + sections.get("search", "")
+    cfg = load_config(write_config(tmp_path, tiny_model_dir, name=name, **sections))
+    engine, judge = FakeEngine(), FakeJudge()
+    return cfg, engine, judge, build_evaluator(cfg, engine=engine, judge=judge,
+                                               say=lambda m: None)
+
+
+def test_evaluator_batches_generation_and_judges_with_the_judge_it_is_given(tmp_path,
+                                                                            tiny_model_dir):
+    from icl_search.study import TrialSpec
+
+    cfg, engine, judge, ev = _fake_study(tmp_path, tiny_model_dir)
+    specs = [TrialSpec("urial_style.txt", 2, "fixed", ("factual-001", "advice-001")),
+             TrialSpec("concise.txt", 0, "none", ())]
+    recs = ev.evaluate(specs, [0, 1, 2])
+    # one engine call for the whole batch (one decoding setting), one judge call
+    assert engine.calls == 1 and engine.prompts == 6 and judge.items == 6
+    assert [len(r) for r in recs] == [3, 3]
+    assert recs[0][0].examples == ["factual-001", "advice-001"] and recs[1][0].examples == []
+    assert all(r.judgement is not None and r.judgement.overall is not None
+               for rows in recs for r in rows)
+    assert recs[0][0].prompt.startswith(ev.systems["urial_style.txt"].rstrip("\n"))
+    assert ev.stats.judged == 6 and ev.stats.generated == 6
+    # the screen pass judges with the cheap judge only and counts apart
+    screen = FakeJudge()
+    from icl_search.study.evaluate import Evaluator
+
+    ev2 = Evaluator(engine=engine, judge=judge, screen=screen, pool=ev.pool,
+                    queries=ev.queries, systems=ev.systems, params=ev.params,
+                    needs_index=False)
+    ev2.evaluate(specs[:1], [0, 1], screen=True)
+    assert screen.items == 2 and judge.items == 6
+    assert ev2.stats.judged == 0 and ev2.screen_stats.screened == 2
+    with pytest.raises(ValueError, match="no screening judge"):
+        ev.evaluate(specs, [0], screen=True)
+
+
+def test_a_prompt_too_long_for_the_window_is_an_error_record_not_a_crash(tmp_path,
+                                                                          tiny_model_dir):
+    from icl_search.study import TrialSpec
+    from icl_search.study.evaluate import Evaluator
+
+    cfg, engine, judge, ev = _fake_study(tmp_path, tiny_model_dir)
+    small = Evaluator(engine=FakeEngine(context_window=12), judge=judge, pool=ev.pool,
+                      queries=ev.queries, systems=ev.systems, params=ev.params,
+                      needs_index=False)
+    (rows,) = small.evaluate([TrialSpec("urial_style.txt", 0, "none", ())], [0])
+    assert rows[0].finish_reason == "error" and "does not fit" in rows[0].error
+    assert rows[0].answer is None and rows[0].judgement.overall is None
+
+
+def test_ask_tell_loop_on_the_fake_engine(tmp_path, tiny_model_dir):
+    from icl_search.study.runner import decide
+
+    cfg, engine, judge, ev = _fake_study(tmp_path, tiny_model_dir)
+    seen = []
+    lines = []
+    s = run_study(cfg, ev, progress=lines.append, monitor=seen.append)
+    trials = open_study(cfg).get_trials()
+    assert len(trials) == 5 and s.finished + s.pruned == 5 and s.missing_references == []
+    assert trials[0].user_attrs["role"] == "baseline" and trials[0].state == TrialState.COMPLETE
+    # the live display saw the budget fill up and the best score so far
+    assert seen[-1].done == 5 and seen[-1].total == 5 and seen[-1].best is not None
+    assert any(0 < p.batch_items < p.batch_total for p in seen)
+    assert sum(line.startswith("trial ") for line in lines) == 5
+    # the tell decision: coverage below the minimum fails the trial with a reason
+    from icl_search.study.evaluate import TrialEvaluation
+
+    te = TrialEvaluation(_baseline_spec(cfg, ev.pool.ids))
+    te.records = ev.evaluate([te.spec], [0, 1])[0]
+    from icl_search.judge import JudgeItem
+
+    r0 = te.records[0]  # as if the judge could not score the first answer
+    (r0.judgement,) = FakeJudge().score([JudgeItem("0", r0.query, None, r0.category)]).items
+    strict = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"min_coverage": 1.0})})
+    out = decide(strict, te, te.result(), None, pruned=False)
+    assert out.state == TrialState.FAIL and "judge coverage below 100%" in out.fail_reason
+    assert decide(cfg, te, te.result(), None, pruned=True).state == TrialState.PRUNED
+    ok = decide(cfg, te, te.result(), None, pruned=False)
+    assert ok.state == TrialState.COMPLETE and ok.values == pytest.approx(te.result().overall)
+
+
+def _baseline_spec(cfg, pool_ids):
+    from icl_search.study import TrialSpec, baseline_params
+
+    p = baseline_params(cfg, pool_ids)
+    return TrialSpec(p["system"], p["k"], p.get("strategy", "none"),
+                     tuple(p[f"ex_{i}"] for i in range(p["k"])))
+
+
+def _lose_the_baseline(cfg, pool_ids, times: int) -> None:
+    """Ask the baseline trial and let its 'worker' die `times` times (no heartbeat after the
+    first, so it goes stale), past max_retry."""
+    from icl_search.study.runner import ensure_baseline
+
+    study = open_study(cfg)
+    ensure_baseline(study, cfg, pool_ids, cfg.storage_url)
+    for _ in range(times):
+        t = study.ask()
+        assert t.user_attrs.get("role") == "baseline"
+        study._storage.record_heartbeat(t._trial_id)
+        time.sleep(3.5)  # past the grace period (2 heartbeats of 1 s; SQLite keeps seconds)
+        optuna.storages.fail_stale_trials(study)
+
+
+def test_a_baseline_lost_past_max_retry_is_retried_until_it_completes(tmp_path,
+                                                                      tiny_model_dir):
+    cfg, engine, judge, ev = _fake_study(tmp_path, tiny_model_dir, name="lost",
+                                         optuna="heartbeat_seconds = 1\nmax_retry = 1")
+    _lose_the_baseline(cfg, ev.pool.ids, times=2)  # the first retry is Optuna's, the second is not
+    study = open_study(cfg)
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * 2
+    lines = []
+    s = run_study(cfg, ev, progress=lines.append)
+    trials = open_study(cfg).get_trials()
+    base = [t for t in trials if t.user_attrs.get("role") == "baseline"]
+    assert [t.state for t in base] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+    from icl_search.study import baseline_params
+
+    assert base[-1].params == baseline_params(cfg, ev.pool.ids) and s.missing_references == []
+    assert any("enqueued again" in line for line in lines)
+    assert s.finished + s.pruned == 5  # the lost attempts did not use up the budget
+
+
+def test_a_study_without_a_baseline_says_so(tmp_path, tiny_model_dir):
+    from icl_search.study.runner import ensure_baseline
+
+    cfg, engine, judge, ev = _fake_study(tmp_path, tiny_model_dir, name="nobase",
+                                         optuna="n_trials = 3")
+    study = open_study(cfg)
+    ensure_baseline(study, cfg, ev.pool.ids, cfg.storage_url)
+    t = study.ask()  # the baseline, failed by the study itself: not retried
+    t.set_user_attr("fail_reason", "judge coverage below 50%: helpfulness 0/6")
+    study.tell(t, state=TrialState.FAIL)
+    lines = []
+    s = run_study(cfg, ev, progress=lines.append)
+    assert s.missing_references == ["baseline"]
+    assert any(line.startswith("warning: the study has no finished baseline trial")
+               for line in lines)
+    r = runner.invoke(app, ["study", "status", str(cfg.source)])
+    assert r.exit_code == 0 and "no finished baseline trial" in r.output
+
+
+# -- bad inputs and read-only commands (no model loads, nothing is created) ------------------
+def test_read_only_commands_never_create_a_study(tmp_path, tiny_model_dir):
+    path = write_config(tmp_path, tiny_model_dir, name="ro")
+    db = tmp_path / "ro.db"
+    for cmd in (["status"], ["trials"], ["report", "--out", str(tmp_path / "rep")],
+                ["trial", "--out", str(tmp_path / "t.parquet")]):
+        args = ["study", cmd[0], str(path)] + (["0"] if cmd[0] == "trial" else []) + cmd[1:]
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, (cmd, r.output)
+        assert f"no study storage at {db} (from {path}): run `icl-search study run" in r.output
+    assert not db.exists() and not (tmp_path / "rep").exists()
+    assert not (tmp_path / "t.parquet").exists()
+    # a storage that holds other studies: their names are listed, no study is added
+    optuna.create_study(study_name="other", storage=f"sqlite:///{db}")
+    r = runner.invoke(app, ["study", "status", str(path)])
+    assert r.exit_code == 2
+    assert f"no study named 'ro' in sqlite:///{db}; studies there: other" in r.output
+    assert optuna.get_all_study_names(f"sqlite:///{db}") == ["other"]
+
+
+@pytest.mark.parametrize("url, message", [
+    ("mysql://root:hunter2@127.0.0.1:1/optuna",
+     "cannot open the study storage mysql://127.0.0.1:1/optuna: "),
+    ("not a url", "cannot open the study storage not a url: ArgumentError"),
+])
+def test_a_storage_that_cannot_open_is_one_message_before_any_model_loads(
+        tmp_path, tiny_model_dir, url, message):
+    path = write_config(tmp_path, tiny_model_dir, name="st")
+    for cmd in ("run", "validate"):
+        r = runner.invoke(app, ["study", cmd, str(path), "--storage", url])
+        assert r.exit_code == 2, r.output
+        assert message in r.output and "hunter2" not in r.output
+        assert "Traceback" not in r.output and "loading the base model" not in r.output
+    assert not list(tmp_path.glob("*.db"))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (('example_ids = ["factual-001", "advice-001"]', 'example_ids = ["factual-001", "nope-9"]'),
+     "field 'search.baseline.example_ids': not in the pool"),
+    (("k = [0, 2]", 'k = [0, 2]\nfixed_candidates = ["advice-001", "gone-1"]'),
+     "field 'search.fixed_candidates': not in the pool"),
+    (('spec = "logprob:vllm:', 'spec = "logprob:vllm:/no/such/judge'),
+     "field 'judge.spec': model folder not found: /no/such/judge"),
+])
+def test_preflight_names_the_field_before_any_model_loads(tmp_path, tiny_model_dir, edit,
+                                                          message):
+    path = write_config(tmp_path, tiny_model_dir, name="pf")
+    text = path.read_text()
+    if edit[0].startswith('spec = "logprob'):  # the whole judge path
+        text = text.replace(f'spec = "logprob:vllm:{tiny_model_dir}"',
+                            'spec = "logprob:vllm:/no/such/judge"')
+    else:
+        text = text.replace(*edit, 1)
+    path.write_text(text)
+    for cmd in ("validate", "run"):
+        r = runner.invoke(app, ["study", cmd, str(path)])
+        assert r.exit_code == 2, r.output
+        assert f"{path}: {message}" in " ".join(r.output.split())
+        assert "loading the base model" not in r.output
+    assert not (tmp_path / "pf.db").exists()
+
+
+def test_plain_progress_lines_when_stderr_is_not_a_terminal(capsys):
+    from icl_search.cli.study import _Live
+    from icl_search.study.runner import Progress
+
+    with _Live(every=3600) as live:
+        assert not live.tty  # pytest captures stderr: not a terminal
+        live(Progress(0, 4, 0, 6, None, 0.0))
+        live(Progress(1, 4, 3, 6, 3.5, 10.0))  # within `every`: not printed
+        live(Progress(4, 4, 6, 6, 3.75, 40.0))  # the end is always printed
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "progress: trials 0/4, batch items 0/6, elapsed 0s, ETA -, best -",
+        "progress: trials 4/4, batch items 6/6, elapsed 40s, ETA 0s, best 3.750",
+    ]

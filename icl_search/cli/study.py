@@ -1,7 +1,12 @@
-"""`icl-search study run|worker|status|trials|report|validate`."""
+"""`icl-search study run|worker|status|trials|trial|report|validate|confirm`.
+
+`run`/`worker`/`validate` check the config before any model loads (icl_search.study.preflight);
+the read-only commands (`status`, `trials`, `trial`, `report`) load a study, never create one."""
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -28,23 +33,77 @@ def _config(path: Path, **overrides):
         fail(str(exc))
 
 
+class _Live:
+    """Live progress of `study run`: a rich display when stderr is a terminal, else a plain
+    line on stderr at most every `every` seconds (and at the end)."""
+
+    def __init__(self, every: float = 10.0):
+        self.tty = err.is_terminal
+        self.every, self._last = every, 0.0
+        self._progress = None
+
+    def __enter__(self):
+        if self.tty:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[best]}"),
+                console=err, transient=False)
+            self._progress.__enter__()
+            self._trials = self._progress.add_task("trials", total=None, best="")
+            self._batch = self._progress.add_task("batch: generations + judgements",
+                                                  total=None, best="")
+        return self
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def say(self, msg: str) -> None:
+        (self._progress.console if self._progress else err).print(msg, highlight=False)
+
+    def __call__(self, p) -> None:
+        best = "-" if p.best is None else f"{p.best:.3f}"
+        if self._progress is not None:
+            self._progress.update(self._trials, completed=p.done, total=p.total,
+                                  best=f"best {best}")
+            self._progress.update(self._batch, completed=p.batch_items, total=p.batch_total)
+            return
+        now = time.monotonic()
+        final = p.done >= p.total and p.batch_items >= p.batch_total
+        if now - self._last < self.every and not final:
+            return
+        self._last = now
+        eta = (p.elapsed / p.done * (p.total - p.done)) if p.done else None
+        print(f"progress: trials {p.done}/{p.total}, batch items {p.batch_items}/"
+              f"{p.batch_total}, elapsed {p.elapsed:.0f}s, ETA "
+              f"{'-' if eta is None else f'{eta:.0f}s'}, best {best}",
+              file=sys.stderr, flush=True)
+
+
 def _run(config: Path, storage: Optional[str], n_trials: Optional[int],
-         timeout_minutes: Optional[float], worker: bool) -> None:
-    from icl_search.errors import IclSearchError
+         timeout_minutes: Optional[float], worker: bool, every: float = 10.0) -> None:
     from icl_search.study import build_evaluator, run_study
-    from icl_search.study.runner import redact
+    from icl_search.study.preflight import preflight
+    from icl_search.study.storage import redact
 
     cfg = _config(config, **{"optuna.storage": storage, "optuna.n_trials": n_trials,
                              "optuna.timeout_minutes": timeout_minutes})
-    cfg.check_engine()
-    say = lambda m: err.print(m, highlight=False)  # noqa: E731
-    say(f"study [bold]{cfg.name}[/] -> {redact(cfg.storage_url)}"
-        + (" (worker)" if worker else ""))
-    try:
+    preflight(cfg, storage)  # before any model loads; an IclSearchError ends with exit 2
+    with _Live(every) as live:
+        say = live.say
+        say(f"study [bold]{cfg.name}[/] -> {redact(cfg.storage_url)}"
+            + (" (worker)" if worker else ""))
         ev = build_evaluator(cfg, say=say)
-        s = run_study(cfg, ev, progress=say)
-    except IclSearchError as exc:
-        fail(str(exc))
+        s = run_study(cfg, ev, progress=say, monitor=live)
     st = s.stats
     say(f"done: {s.finished} finished, {s.pruned} pruned, {s.failed} failed in "
         f"{s.seconds:.0f}s; generations {st['generated']} ({st['gen_cached']} cached), "
@@ -58,9 +117,13 @@ def run(
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL (overrides the config)."),
     n_trials: Optional[int] = typer.Option(None, min=1, help="Finished trials to reach."),
     timeout_minutes: Optional[float] = typer.Option(None, help="Stop asking new trials after."),
+    progress_every: float = typer.Option(10.0, min=0, help="Seconds between plain progress "
+                                         "lines when stderr is not a terminal."),
 ) -> None:
-    """Run the study, or resume it: finished trials are kept, interrupted ones retried."""
-    _run(config, storage, n_trials, timeout_minutes, worker=False)
+    """Run the study, or resume it: finished trials are kept, interrupted ones retried.
+    Live progress on stderr: trials done, the current batch's generations and judgements,
+    elapsed time, ETA and the best score so far."""
+    _run(config, storage, n_trials, timeout_minutes, worker=False, every=progress_every)
 
 
 @study_app.command("worker")
@@ -107,18 +170,23 @@ def confirm_cmd(
 
 
 @study_app.command("validate")
-def validate(config: Path = typer.Argument(...)) -> None:
-    """Check a config (fields, files) without loading any model."""
-    cfg = _config(config)
-    cfg.check_engine()
+def validate(config: Path = typer.Argument(...),
+             storage: Optional[str] = typer.Option(None, help="Storage URL to check.")) -> None:
+    """Check a config without loading any model: fields, pool and eval files, pool ids, spec
+    prefixes, model folders, and that the storage opens (a new SQLite file is not created)."""
+    from icl_search.study.preflight import preflight
+
+    cfg = _config(config, **{"optuna.storage": storage})
+    preflight(cfg, storage, create=False)
     typer.echo(f"ok: study {cfg.name!r}, {len(cfg.search.system_prompts)} preambles, "
                f"k in {list(cfg.search.k)}, {cfg.optuna.n_trials} trials")
 
 
 def _status(cfg, storage: Optional[str]) -> None:
-    from icl_search.study import open_study
+    from icl_search.study import load_study
+    from icl_search.study.runner import missing_references
 
-    study = open_study(cfg, storage)
+    study = load_study(cfg, storage)
     counts: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
@@ -134,6 +202,11 @@ def _status(cfg, storage: Optional[str]) -> None:
                         f"{spec.get('strategy')})", highlight=False)
     elif counts.get("COMPLETE"):
         Console().print(f"Pareto front: trials {[t.number for t in study.best_trials]}")
+    if study.user_attrs.get("baseline_enqueued") and not counts.get("RUNNING") and \
+            not counts.get("WAITING"):
+        for role in missing_references(study, cfg):
+            Console().print(f"warning: no finished {role} trial: the report cannot compare "
+                            "against it", highlight=False)
 
 
 @study_app.command("status")
@@ -151,10 +224,10 @@ def trials(
 ) -> None:
     """A table of every trial: parameters, score, aspects, context tokens."""
     from icl_search.io import atomic_write
-    from icl_search.study import open_study, trials_frame
+    from icl_search.study import load_study, trials_frame
 
     cfg = _config(config)
-    df = trials_frame(open_study(cfg, storage))
+    df = trials_frame(load_study(cfg, storage))
     if df.is_empty():
         typer.echo("no trials yet")
         return
@@ -175,6 +248,42 @@ def _fmt(v) -> str:
     return str(v)
 
 
+@study_app.command("trial")
+def trial_cmd(
+    config: Path = typer.Argument(..., help="Study config (TOML)."),
+    number: int = typer.Argument(..., help="Trial number (see `study trials`)."),
+    out: Path = typer.Option(..., help="Parquet file for the trial's per-query records."),
+    storage: Optional[str] = typer.Option(None),
+) -> None:
+    """Export one trial's prompts, answers and per-query scores (one row per query)."""
+    import polars as pl
+
+    from icl_search.io import atomic_write
+    from icl_search.study import load_study, load_trial_records
+
+    if out.suffix != ".parquet":
+        fail(f"--out {out}: expected a .parquet file")
+    cfg = _config(config)
+    study = load_study(cfg, storage)
+    trials = study.get_trials(deepcopy=False)
+    if not 0 <= number < len(trials):
+        fail(f"trial {number}: no such trial in study {cfg.name} (trials 0-{len(trials) - 1})"
+             if trials else f"trial {number}: study {cfg.name} has no trials yet")
+    t = trials[number]
+    recs = load_trial_records(cfg, t)
+    if not recs:
+        fail(f"trial {number} ({t.state.name.lower()}) has no stored records")
+    rows = [{"trial": number, "query_id": r["query_id"], "category": r["category"],
+             "query": r["query"], "prompt": r["prompt"], "answer": r["answer"],
+             "finish_reason": r["finish_reason"], "context_tokens": r["context_tokens"],
+             "examples": r["examples"], "dropped": r["dropped"], "overall": r["overall"],
+             **{f"score_{a}": v for a, v in (r.get("scores") or {}).items()}} for r in recs]
+    df = pl.DataFrame(rows, infer_schema_length=None)
+    with atomic_write(out, "wb") as fh:
+        df.write_parquet(fh)
+    typer.echo(f"{out}: {df.height} queries of trial {number} ({t.state.name.lower()})")
+
+
 @study_app.command("report")
 def report(
     config: Path = typer.Argument(...),
@@ -183,10 +292,10 @@ def report(
 ) -> None:
     """Baseline vs best per aspect, optimisation history and parameter importances."""
     from icl_search.report import write_report
-    from icl_search.study import open_study
+    from icl_search.study import load_study
 
     cfg = _config(config)
-    study = open_study(cfg, storage)
+    study = load_study(cfg, storage)
     if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
         fail(f"study {cfg.name} has no finished trial yet: run `icl-search study run {config}`")
     paths = write_report(cfg, study, out)

@@ -1,5 +1,9 @@
 """Evaluating trial contexts: render every (trial, query) prompt, generate them in one batched
-engine call, judge them in one batched judge call, and keep the per-query artifacts."""
+engine call, judge them in one batched judge call, and keep the per-query artifacts.
+
+Every judge an evaluator uses is a constructor input (`judge`, the optional cheap `screen`,
+the `feedback` sources); which one scores a call is an argument of `evaluate`, so nothing
+outside the evaluator swaps its attributes."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import numpy as np
 
 from icl_search.engines.base import Engine, SamplingParams
 from icl_search.evalset import Query
+from icl_search.generation import Job, generate_fitted
 from icl_search.judge import ItemJudgement, Judge, JudgeItem, JudgeResult
 from icl_search.pool import Example, Pool
 from icl_search.prompt import Budget, Template
@@ -85,6 +90,15 @@ class EvalStats:
     judge_seconds: float = 0.0
 
 
+@dataclass
+class ScreenStats:
+    """The cheap screen's judge calls, kept apart from the main judge's counts."""
+
+    screened: int = 0
+    screen_cached: int = 0
+    screen_seconds: float = 0.0
+
+
 class Evaluator:
     """Turns `TrialSpec`s into judged answers on an evaluation set.
 
@@ -106,16 +120,20 @@ class Evaluator:
         needs_index: bool = True,
         feedback: Any = None,
         baseline: TrialSpec | None = None,
+        screen: Judge | None = None,
     ):
         self.engine = engine
         self.judge = judge
+        # the cheap judge of multi-fidelity screening (icl_search.study.screening), or None
+        self.screen = screen
         self.pool = pool
         self.queries = list(queries)
         self.systems = systems
         self.template = template or Template()
-        self.params = params if params.stop else params.replace(stop=self.template.stop)
+        self.params = self.template.sampling(params)
         self.budget = Budget(engine.count_tokens, engine.context_window)
         self.stats = EvalStats()
+        self.screen_stats = ScreenStats()
         self._index = None
         self._vectors: np.ndarray | None = None
         self._index_dir = index_dir
@@ -184,51 +202,68 @@ class Evaluator:
         return self.params.replace(**kw) if kw else self.params
 
     # -- evaluation --------------------------------------------------------------------------
-    def evaluate(self, specs: Sequence[TrialSpec], positions: Sequence[int],
+    def generate(self, specs: Sequence[TrialSpec], positions: Sequence[int],
                  *, keep_prompts: bool = True) -> list[list[QueryRecord]]:
-        """Records for `positions` (indices into the eval set) of every spec: one generation
-        call per distinct decoding setting (usually one for the whole batch) and one judge call.
-        """
+        """Unjudged records for `positions` (indices into the eval set) of every spec: one
+        generation call per distinct decoding setting (usually one for the whole batch)."""
         per_spec: list[list[QueryRecord]] = []
-        jobs: dict[SamplingParams, list[tuple[QueryRecord, str]]] = {}
+        jobs: dict[SamplingParams, list[tuple[QueryRecord, Job]]] = {}
         for spec in specs:
             system = self.systems[spec.system_name]
-            shots = self.examples_for(spec, positions)
             params = self.params_for(spec)
             rows = []
-            for pos, exs in zip(positions, shots):
+            for pos, exs in zip(positions, self.examples_for(spec, positions)):
                 q = self.queries[pos]
-                fit = self.budget.fit(self.template, system, exs, q.query, params.max_tokens)
-                rec = QueryRecord(
-                    q.id, q.query, q.category, fit.prompt if keep_prompts else None,
-                    [e.id for e in fit.kept], [e.id for e in fit.dropped],
-                    fit.prompt_tokens, None, "error" if not fit.ok else "pending", 0, fit.error)
-                if fit.ok:
-                    jobs.setdefault(params, []).append((rec, fit.prompt))
-                    if not keep_prompts:
-                        rec.prompt = ""
+                rec = QueryRecord(q.id, q.query, q.category, None, [], [], 0, None, "pending",
+                                  0, None)
+                jobs.setdefault(params, []).append((rec, Job(system, exs, q.query)))
                 rows.append(rec)
             per_spec.append(rows)
         t0 = time.perf_counter()
         for params, items in jobs.items():
-            outs = self.engine.generate([p for _, p in items], params)
-            for (rec, _), c in zip(items, outs):
-                rec.answer = self.template.clean(c.text)
-                rec.finish_reason = c.finish_reason
+            done = generate_fitted(self.engine, [j for _, j in items], params, self.template,
+                                   budget=self.budget)
+            for (rec, _), g in zip(items, done, strict=True):
+                f, c = g.fit, g.completion
+                rec.examples, rec.dropped = [e.id for e in f.kept], [e.id for e in f.dropped]
+                rec.context_tokens, rec.error = f.prompt_tokens, f.error
+                if c is None:
+                    rec.finish_reason = "error"
+                    continue
+                rec.prompt = f.prompt if keep_prompts else ""
+                rec.answer, rec.finish_reason = g.answer, c.finish_reason
                 rec.completion_tokens = c.completion_tokens
+                self.stats.prompts += 1
                 self.stats.generated += 1
                 self.stats.gen_cached += int(c.cached)
-            self.stats.prompts += len(items)
-        t1 = time.perf_counter()
+        self.stats.gen_seconds += time.perf_counter() - t0
+        return per_spec
+
+    def evaluate(self, specs: Sequence[TrialSpec], positions: Sequence[int],
+                 *, keep_prompts: bool = True, screen: bool = False) -> list[list[QueryRecord]]:
+        """Judged records for `positions` of every spec: `generate`, then one judge call.
+
+        `screen=True` judges with the cheap screen instead of the main judge, without the
+        feedback sources, counting into `screen_stats` (the generations are cached, so the
+        expensive pass that may follow pays for judging only)."""
+        if screen and self.screen is None:
+            raise ValueError("this evaluator has no screening judge (judge.screen)")
+        per_spec = self.generate(specs, positions, keep_prompts=keep_prompts)
         flat = [r for rows in per_spec for r in rows]
         items = [JudgeItem(f"{i}", r.query, r.answer, r.category) for i, r in enumerate(flat)]
-        result = self.judge.score(items)
+        t1 = time.perf_counter()
+        result = (self.screen if screen else self.judge).score(items)
         for r, j in zip(flat, result.items):
             r.judgement = j
+        seconds = time.perf_counter() - t1
+        if screen:
+            self.screen_stats.screened += len(items)
+            self.screen_stats.screen_cached += result.cache_hits
+            self.screen_stats.screen_seconds += seconds
+            return per_spec
         self.stats.judged += len(items)
         self.stats.judge_cached += result.cache_hits
-        self.stats.gen_seconds += t1 - t0
-        self.stats.judge_seconds += time.perf_counter() - t1
+        self.stats.judge_seconds += seconds
         if self.feedback is not None:
             self.feedback.score_records(
                 flat, queries={q.id: q for q in self.queries},
@@ -239,28 +274,14 @@ class Evaluator:
         return per_spec
 
     def baseline_answers(self, positions: Sequence[int]) -> dict[str, str | None]:
-        """The baseline context's answers (query id -> answer), generated once per query."""
+        """The baseline context's answers (query id -> answer), generated once per query and
+        never judged."""
         if self.baseline is None:
             raise ValueError("pairwise feedback needs the study's baseline context")
         todo = [p for p in positions if self.queries[p].id not in self._baseline_answers]
         if todo:
-            feedback, self.feedback = self.feedback, None
-            judge = self.judge
-            try:
-                self.judge = _NoJudge()
-                (rows,) = self.evaluate([self.baseline], todo, keep_prompts=False)
-            finally:
-                self.feedback, self.judge = feedback, judge
+            (rows,) = self.generate([self.baseline], todo, keep_prompts=False)
             for r in rows:
                 self._baseline_answers[r.query_id] = r.answer
         return {self.queries[p].id: self._baseline_answers[self.queries[p].id]
                 for p in positions}
-
-
-class _NoJudge:
-    """Stands in for the judge while the baseline's answers are generated (not judged)."""
-
-    id = "none"
-
-    def score(self, items):
-        return JudgeResult([ItemJudgement(it.id, it.category, {}) for it in items])

@@ -17,7 +17,6 @@ trials screened so far, this one included, with a strictly better cheap score: 0
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,47 +35,21 @@ def resolve_spec(cfg, spec: str) -> str:
     return spec
 
 
-def attach_screen(evaluator, cfg, cache, say=print) -> None:
-    """Give `evaluator` the cheap judge named by `judge.screen` (nothing when unset)."""
-    evaluator.screen = None
-    evaluator.screen_stats = {"screened": 0, "screen_cached": 0, "screen_seconds": 0.0}
+def make_screen(cfg, cache, say=print):
+    """The cheap judge named by `judge.screen` (an `Evaluator`'s `screen` input), or None."""
     if not cfg.judge.screen:
-        return
+        return None
     from icl_search.judge import make_judge
 
     say(f"loading the screening judge ({cfg.judge.screen}) ...")
-    evaluator.screen = make_judge(resolve_spec(cfg, cfg.judge.screen), cache=cache)
-
-
-def _screen_records(evaluator, specs, positions):
-    """Generate (cached for the expensive pass) and judge with the screen only: the main
-    judge and any feedback sources stay out of this pass and out of the main judge's counts."""
-    st = evaluator.stats
-    kept = (st.judged, st.judge_cached, st.judge_seconds)
-    judge, feedback = evaluator.judge, getattr(evaluator, "feedback", None)
-    evaluator.judge = evaluator.screen
-    if feedback is not None:
-        evaluator.feedback = None
-    t0 = time.perf_counter()
-    try:
-        recs = evaluator.evaluate(specs, positions)
-    finally:
-        evaluator.judge = judge
-        if feedback is not None:
-            evaluator.feedback = feedback
-        s = evaluator.screen_stats
-        s["screened"] += st.judged - kept[0]
-        s["screen_cached"] += st.judge_cached - kept[1]
-        s["screen_seconds"] += time.perf_counter() - t0
-        st.judged, st.judge_cached, st.judge_seconds = kept
-    return recs
+    return make_judge(resolve_spec(cfg, cfg.judge.screen), cache=cache)
 
 
 def screen_trials(study: optuna.Study, cfg, evaluator, trials: Sequence[optuna.Trial],
                   specs) -> dict[int, list]:
     """Screen a batch; returns {batch index: screen records} for the trials discarded."""
     positions = list(range(len(evaluator.queries)))
-    recs = _screen_records(evaluator, specs, positions)
+    recs = evaluator.evaluate(specs, positions, screen=True)
     scores = [JudgeResult([r.judgement for r in rows if r.judgement is not None]).overall
               for rows in recs]
     batch = {t.number for t in trials}
