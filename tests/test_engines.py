@@ -151,3 +151,50 @@ def test_cached_hub_id_loads_the_cached_snapshot(tmp_path, monkeypatch, tiny_mod
     prompt = "The quick brown fox"
     assert engine.generate([prompt], GREEDY)[0].text == \
         tiny_engine.generate([prompt], GREEDY)[0].text
+
+
+# -- [model.engine_args] ---------------------------------------------------------------------
+def test_engine_args_are_checked_against_vllms_engine_args(tmp_path, tiny_model_dir):
+    from icl_search.engines.vllm import check_engine_args
+    from icl_search.study import ConfigError, load_config
+    from tests.helpers import write_config
+
+    ok = {"tensor_parallel_size": 1, "dtype": "float32", "quantization": None,
+          "trust_remote_code": False}
+    assert check_engine_args(ok) == ok
+    with pytest.raises(EngineError, match=r"^model\.engine_args\.tensor_paralel_size: not a "
+                                          r"vLLM engine argument; did you mean "
+                                          r"'tensor_parallel_size'\?$"):
+        check_engine_args({"tensor_paralel_size": 2})
+    with pytest.raises(EngineError, match=r"engine_args\.max_model_len: set it with "
+                                          r"model\.max_model_len instead"):
+        check_engine_args({"max_model_len": 99})
+    # in a study config: the file and the dotted field, from `study validate`, exit 2
+    from typer.testing import CliRunner
+
+    from icl_search.cli import app
+
+    path = write_config(tmp_path, tiny_model_dir)
+    path.write_text(path.read_text().replace(
+        "max_model_len = 1024", "max_model_len = 1024\n[model.engine_args]\nquantisation = 'fp8'"))
+    assert load_config(path).model.engine_args == {"quantisation": "fp8"}
+    with pytest.raises(ConfigError) as exc:
+        load_config(path).check_engine()
+    assert str(exc.value) == (f"{path.resolve()}: field 'model.engine_args.quantisation': not a "
+                              "vLLM engine argument; did you mean 'quantization'?")
+    r = CliRunner().invoke(app, ["study", "validate", str(path)])
+    assert r.exit_code == 2 and "field 'model.engine_args.quantisation'" in r.output
+
+
+def test_engine_args_reach_vllm(tiny_model_dir, tiny_engine):
+    from tests.conftest import TINY_KV_BYTES
+
+    # the same settings as the shared tiny engine plus an explicit engine argument: a new
+    # vllm.LLM built with it (the cache key holds every argument), generating the same text
+    engine = make_engine(f"vllm:{tiny_model_dir}", max_model_len=1024,
+                         kv_cache_memory_bytes=TINY_KV_BYTES,
+                         engine_args={"max_num_seqs": 4, "tensor_parallel_size": 1})
+    assert engine.llm is not tiny_engine.llm
+    assert engine.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs == 4
+    prompt = "Paris is"
+    assert engine.generate([prompt], GREEDY)[0].text == tiny_engine.generate([prompt], GREEDY)[0].text

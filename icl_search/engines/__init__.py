@@ -35,6 +35,7 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
 def make_engine(spec: str, **opts: Any) -> Engine:
     """The engine a spec names: `vllm:NAME_OR_PATH` (in-process vLLM; `default`, a model
     folder or a cached Hugging Face id) or `openai:http://host:port/v1[#model]`.
+    `engine_args` (vLLM only): more vLLM engine arguments, checked against `EngineArgs`.
 
     >>> engine = make_engine("vllm:default", max_model_len=2048)
     >>> [c.text for c in engine.generate([bundle.render("What is 2+2?")],
@@ -47,11 +48,14 @@ def make_engine(spec: str, **opts: Any) -> Engine:
         allowed = {"api_key", "timeout", "max_retries", "batch_size", "concurrency", "tokenizer",
                    "context_window"}
         return OpenAIEngine(target, model, **{k: v for k, v in opts.items() if k in allowed})
-    from icl_search.engines.vllm import VLLMEngine
+    from icl_search.engines.vllm import VLLMEngine, check_engine_args
 
     allowed = {"max_model_len", "kv_cache_memory_bytes", "enable_prefix_caching", "enforce_eager",
                "gpu_memory_utilization", "dtype", "seed"}
-    return VLLMEngine(target, **{k: v for k, v in opts.items() if k in allowed and v is not None})
+    # `[model.engine_args]`: any other vLLM engine argument (tensor_parallel_size, quantization)
+    extra = check_engine_args(dict(opts["engine_args"])) if opts.get("engine_args") else {}
+    kwargs = {k: v for k, v in opts.items() if k in allowed and v is not None}
+    return VLLMEngine(target, **{**extra, **kwargs})
 
 
 from icl_search.engines.cached import CachedEngine  # noqa: E402

@@ -25,12 +25,41 @@ def _has_gpu() -> bool:
         import torch
 
         return torch.cuda.is_available()
-    except Exception:
+    except (ImportError, RuntimeError):  # no torch, or a broken CUDA set-up: CPU
         return False
 
 
 VLLM_MISSING = ("vLLM is not installed: `pip install icl-search[cpu]` (no GPU) or "
                 "`pip install icl-search[gpu]`")
+
+
+#: Engine arguments with their own config field (or set from `model.engine`): not passed twice.
+OWN_FIELDS = {"model": "model.engine", "max_model_len": "model.max_model_len",
+              "kv_cache_memory_bytes": "model.kv_cache_memory_bytes",
+              "gpu_memory_utilization": "model.gpu_memory_utilization"}
+
+
+def check_engine_args(args: dict[str, Any], where: str = "model.engine_args") -> dict[str, Any]:
+    """`args` checked against the fields of vLLM's `EngineArgs` dataclass (what `vllm serve`
+    flags and `vllm.LLM(**kwargs)` accept): an unknown name is an `EngineError` naming
+    `<where>.<name>` with the closest field; returns `args` unchanged."""
+    import dataclasses
+    import difflib
+
+    try:
+        from vllm.engine.arg_utils import EngineArgs
+    except ImportError as exc:
+        raise EngineError(f"{where}: {VLLM_MISSING} ({exc})") from None
+    known = {f.name for f in dataclasses.fields(EngineArgs)}
+    for name in args:
+        if name in OWN_FIELDS:
+            raise EngineError(f"{where}.{name}: set it with {OWN_FIELDS[name]} instead")
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else \
+                " (see `vllm serve --help`: the flags, with - as _)"
+            raise EngineError(f"{where}.{name}: not a vLLM engine argument{hint}")
+    return args
 
 
 def engine_args(
@@ -48,9 +77,8 @@ def engine_args(
     """vLLM engine arguments for this host: on GPU vLLM's defaults plus the memory share; on
     CPU a bounded KV cache (unbounded, vLLM's CPU backend reserves most of the machine's RAM
     for KV blocks) and eager mode. Shared by the in-process and the async (server) engine."""
-    kwargs: dict[str, Any] = dict(
-        model=str(path), enable_prefix_caching=enable_prefix_caching, seed=seed, dtype=dtype,
-    )
+    kwargs: dict[str, Any] = {"model": str(path), "enable_prefix_caching": enable_prefix_caching,
+                              "seed": seed, "dtype": dtype}
     if max_model_len:
         kwargs["max_model_len"] = int(max_model_len)
     if gpu:
@@ -86,6 +114,8 @@ class VLLMEngine:
         seed: int = 0,
         **llm_kwargs: Any,
     ):
+        """`llm_kwargs`: more vLLM engine arguments (`tensor_parallel_size`, `quantization`,
+        ...); `make_engine(..., engine_args=)` checks them first (`check_engine_args`)."""
         path = Path(resolve_model(model))
         gpu = _has_gpu()
         if not gpu:

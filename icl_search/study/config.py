@@ -42,6 +42,9 @@ class ModelSection(_Strict):
     kv_cache_memory_bytes: int | None = Field(None, ge=2**20)
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     api_key_env: str | None = Field(None, description="env var holding the endpoint's API key")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="more vLLM engine arguments (tensor_parallel_size, "
+        "dtype, quantization, trust_remote_code, ...), checked against vLLM's EngineArgs")
 
 
 class JudgeSection(_Strict):
@@ -313,6 +316,18 @@ class StudyConfig(_Strict):
             if not folder.exists():
                 raise ConfigError(f"{self.source}: field 'model.engine': model folder not "
                                   f"found: {folder}")
+        if self.model.engine_args:
+            if kind == "openai":
+                raise ConfigError(f"{self.source}: field 'model.engine_args': vLLM engine "
+                                  "arguments apply to vllm: engines, not to an openai: endpoint")
+            from icl_search.engines import EngineError
+            from icl_search.engines.vllm import check_engine_args
+
+            try:
+                check_engine_args(self.model.engine_args)
+            except EngineError as exc:
+                name, _, why = str(exc).partition(": ")
+                raise ConfigError(f"{self.source}: field '{name}': {why}") from None
 
 
 def _format_error(source: Path | str, exc: ValidationError) -> str:
