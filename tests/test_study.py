@@ -431,11 +431,20 @@ def test_read_only_commands_never_create_a_study(tmp_path, tiny_model_dir):
         r = runner.invoke(app, args)
         assert r.exit_code == 2, (cmd, r.output)
         assert f"no study storage at {db} (from {path}): run `icl-search study run" in r.output
+    r = runner.invoke(app, ["export", str(path), "--out", str(tmp_path / "b.json")])
+    assert r.exit_code == 2 and f"no study storage at {db}" in r.output
+    r = runner.invoke(app, ["export", "ro", "--storage", f"sqlite:///{db}",
+                            "--out", str(tmp_path / "b.json")])
+    assert r.exit_code == 2 and f"no study storage at {db}" in r.output
     assert not db.exists() and not (tmp_path / "rep").exists()
-    assert not (tmp_path / "t.parquet").exists()
+    assert not (tmp_path / "t.parquet").exists() and not (tmp_path / "b.json").exists()
     # a storage that holds other studies: their names are listed, no study is added
     optuna.create_study(study_name="other", storage=f"sqlite:///{db}")
     r = runner.invoke(app, ["study", "status", str(path)])
+    assert r.exit_code == 2
+    assert f"no study named 'ro' in sqlite:///{db}; studies there: other" in r.output
+    r = runner.invoke(app, ["export", "ro", "--storage", f"sqlite:///{db}",
+                            "--out", str(tmp_path / "b.json")])
     assert r.exit_code == 2
     assert f"no study named 'ro' in sqlite:///{db}; studies there: other" in r.output
     assert optuna.get_all_study_names(f"sqlite:///{db}") == ["other"]

@@ -35,28 +35,32 @@ def export(
 
     from icl_search.bundle import NO_URIAL_FILE, BundleError
     from icl_search.study.export import ExportError, export_bundle
-    from icl_search.study.runner import redact
+    from icl_search.study.storage import redact
 
     if format not in ("json", "urial"):
         fail(f"--format: {format!r} is not one of json, urial")
     if study.endswith(".toml"):
-        from icl_search.study import ConfigError, load_config, open_study
+        from icl_search.study import ConfigError, load_config, load_study
 
         try:
             cfg = load_config(study)
         except ConfigError as exc:
             fail(str(exc))
         url = storage or cfg.storage_url
-        st = open_study(cfg, url)
+        st = load_study(cfg, url)  # read-only: never creates a study
     else:
         if not storage:
             fail("a study name needs --storage URL (or pass the study's config .toml)")
         url = storage
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+            fail(f"no study storage at {url[len('sqlite:///'):]}")  # and do not create one
         try:
             st = optuna.load_study(study_name=study, storage=url)
         except KeyError:
-            fail(f"no study named {study!r} in {redact(url)}")
+            names = optuna.get_all_study_names(url)
+            fail(f"no study named {study!r} in {redact(url)}; studies there: "
+                 f"{', '.join(sorted(names)) or 'none'}")
     urial = out.with_suffix(".urial.txt") if format == "urial" else None
     try:
         b = export_bundle(st, out, trial_number=trial, storage_url=url, urial_out=urial,
