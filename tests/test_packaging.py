@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import tomllib
 
+import pytest
 from typer.testing import CliRunner
 
 import icl_search
@@ -18,3 +20,59 @@ def test_version_flag_prints_the_installed_version():
     assert r.exit_code == 0
     assert r.output.strip() == f"icl-search {PYPROJECT['project']['version']}"
     assert icl_search.__version__ == PYPROJECT["project"]["version"]
+
+
+def _deps(names):
+    import re
+
+    return {re.split(r"[<>=\[ ;]", d, maxsplit=1)[0].lower() for d in names}
+
+
+def test_dependencies_are_lean():
+    core = _deps(PYPROJECT["project"]["dependencies"])
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    # never imported, or only an alias
+    assert not core & {"sse-starlette", "dspy-ai"}
+    assert {"dspy", "openai", "accelerate", "litellm"} <= core
+    # optional features live in extras, and `all` (what `make setup` installs) has them all
+    moved = {"optuna-dashboard", "psycopg", "matplotlib", "plotly"}
+    assert not core & moved
+    assert _deps(extras["plots"] + extras["postgres"] + extras["dashboard"]) == moved
+    assert extras["all"] == ["icl-search[plots,postgres,dashboard]"]
+    assert '".[$(ENGINE_EXTRA),all,dev]"' in (REPO / "Makefile").read_text()
+    # postgresql+psycopg:// (the documented storage URLs) needs SQLAlchemy's psycopg 3 dialect
+    assert "sqlalchemy>=2.0" in PYPROJECT["project"]["dependencies"]
+
+
+@pytest.mark.parametrize("module,extra", [("matplotlib", "plots"), ("plotly", "plots"),
+                                          ("psycopg", "postgres")])
+def test_a_missing_extra_is_one_message_naming_it(monkeypatch, module, extra):
+    from icl_search.extras import MissingExtraError, missing_for_url, require
+
+    # what Python does for a module that is not installed
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(MissingExtraError, match=rf"needs {module}, which is not installed: "
+                                                rf"pip install 'icl-search\[{extra}\]'"):
+        require(module)
+    if module == "psycopg":
+        assert "icl-search[postgres]" in str(missing_for_url("postgresql+psycopg://u@h/db"))
+        assert missing_for_url("sqlite:///x.db") is None
+
+
+def test_report_without_the_plots_extra_exits_2(monkeypatch, tmp_path, tiny_model_dir):
+    from tests.helpers import write_config
+
+    path = write_config(tmp_path, tiny_model_dir)
+    import optuna
+
+    from icl_search.study import load_config
+
+    # a study with one finished trial, made directly through Optuna
+    cfg = load_config(path)
+    st = optuna.create_study(study_name=cfg.name, storage=cfg.storage_url, direction="maximize")
+    st.add_trial(optuna.trial.create_trial(value=1.0, params={}, distributions={}))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    r = CliRunner().invoke(app, ["study", "report", str(path), "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 2, r.output
+    assert "pip install 'icl-search[plots]'" in r.output
+    assert not (tmp_path / "rep").exists() or not any((tmp_path / "rep").iterdir())

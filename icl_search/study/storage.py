@@ -77,7 +77,9 @@ def make_storage(cfg: StudyConfig, url: str | None = None, *,
             **kwargs,
         )
     except Exception as exc:  # driver missing, bad URL, server down, bad credentials
-        raise _storage_error(url, exc) from None
+        from icl_search.extras import missing_for_url
+
+        raise (missing_for_url(url) or _storage_error(url, exc)) from None
 
 
 def feedback_objectives(cfg: StudyConfig) -> list[str]:
