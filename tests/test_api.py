@@ -69,3 +69,15 @@ def test_load_config_from_a_dict_and_a_base_folder(tiny_model_dir, tmp_path):
     bad = _dict_config(tiny_model_dir) | {"optuna": {"n_trails": 2}}
     with pytest.raises(icl_search.IclSearchError, match=r"field 'optuna.n_trails': unknown field"):
         icl_search.load_config(bad, base=REPO)
+
+
+def test_readme_python_example_uses_only_public_names():
+    import ast
+    import re
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("### From Python"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    used = {n.attr for n in ast.walk(ast.parse(code))
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "ic"}
+    assert used and used <= set(icl_search.__all__), used
