@@ -530,6 +530,8 @@ def main() -> None:
                 results[name] = probe_writes(tmp, study_cfg, args.write_kills, args.seed)
             results[name]["seconds"] = round(time.perf_counter() - t0, 1)
             console.print(json.dumps(results[name])[:600], highlight=False)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=2) + "\n")  # each probe as it ends
     results["load_end"] = f"loadavg {os.getloadavg()[0]:.1f}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
