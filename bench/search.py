@@ -38,8 +38,23 @@ Trial counts are deterministic for given seeds; run time does not enter the figu
 
     .venv/bin/python bench/search.py                         # TPE (study settings) vs random
     .venv/bin/python bench/search.py --tpe study,startup10   # also try other TPE settings
+    .venv/bin/python bench/search.py --proposals             # rounds with proposals vs fixed
 
 Prints a table and writes `bench/results/search.json`.
+
+`--proposals` compares search in rounds (icl_search.propose.rounds) against the fixed space
+under an equal budget of *paid* trials. Rounds: `--rounds` + 1 studies of `--round-trials` paid
+trials each; after each round the simulated proposer writes `--per-round` preambles from the
+best preamble so far (the parent, by observed score). A proposal's hidden utility is its
+parent's plus |N(0, `--proposal-sd`)| with probability `--better-rate` (a better child), else
+minus |N(0, `--proposal-sd`)| (a worse one). Each round is a new Optuna study over the grown
+space, seeded exactly as the product seeds it (`icl_search.propose.rounds.seeds_for`: the best
+configuration under each new preamble, then the best so far); a configuration evaluated before
+is answered from a cache with its first noisy score and costs no budget, as in a real study.
+Fixed: one study of (`--rounds` + 1) x `--round-trials` trials over the config's space. Both
+report, median over seeds, the noise-free score of the trial they would export (the best
+observed score) and the best noise-free score they evaluated. Writes
+`bench/results/search_proposals.json`.
 """
 
 from __future__ import annotations
@@ -170,6 +185,107 @@ def run_one(cfg: StudyConfig, sampler: optuna.samplers.BaseSampler, sim: Simulat
             "seconds": time.perf_counter() - t0}
 
 
+def _paid_loop(cfg, study, sim, pool_ids, budget, seen, evaluated):
+    """Ask/tell in batches until `budget` new configurations were paid for; a configuration
+    seen before is told its cached score for free."""
+    paid = 0
+    while paid < budget:
+        trials = [study.ask() for _ in range(min(cfg.optuna.batch_trials, budget - paid))]
+        for t in trials:
+            spec = suggest(t, cfg, pool_ids)
+            key = (spec.system_name, spec.k, spec.strategy, spec.fixed_ids,
+                   None if spec.mmr_lambda is None else round(spec.mmr_lambda, 6))
+            if key not in seen:
+                seen[key] = sim.score(spec)
+                evaluated.append((seen[key], sim.true_score(spec), spec.system_name))
+                paid += 1
+            study.tell(t, seen[key])
+
+
+def run_fixed(cfg, sim, pool_ids, budget):
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(cfg))
+    study.enqueue_trial(baseline_params(cfg, pool_ids))
+    evaluated: list = []
+    _paid_loop(cfg, study, sim, pool_ids, budget, {}, evaluated)
+    return _outcome(evaluated)
+
+
+def run_proposal_rounds(cfg, sim, pool_ids, rounds, per_round, round_trials, better_rate,
+                        sd, seed):
+    from icl_search.propose.rounds import seeds_for
+
+    rng = np.random.default_rng(seed + 50_000)
+    seen: dict = {}
+    evaluated: list = []
+    done: list = []
+    new_names: list[str] = []
+    systems = list(cfg.search.system_prompts)
+    better = worse = 0
+    for r in range(rounds + 1):
+        if r > 0:  # the proposer: children of the best preamble so far (by observed score)
+            parent = max(evaluated, key=lambda e: e[0])[2]
+            new_names = []
+            for i in range(per_round):
+                up = rng.random() < better_rate
+                better, worse = better + up, worse + (not up)
+                name = f"r{r}-p{i}.txt"
+                sim.u_sys[name] = sim.u_sys[parent] + (1 if up else -1) * abs(rng.normal(0, sd))
+                new_names.append(name)
+            systems += new_names
+        search = cfg.search.model_copy(update={"system_prompts": list(systems)})
+        cfg_r = cfg.model_copy(update={"search": search})
+        study = optuna.create_study(direction="maximize", sampler=make_sampler(cfg_r))
+        study.enqueue_trial(baseline_params(cfg_r, pool_ids))
+        for params in seeds_for(done, new_names, 3):
+            study.enqueue_trial(params)
+        _paid_loop(cfg_r, study, sim, pool_ids, round_trials, seen, evaluated)
+        done.append((cfg_r, study))
+    return _outcome(evaluated) | {"better_children": int(better), "worse_children": int(worse)}
+
+
+def _outcome(evaluated):
+    pick = max(evaluated, key=lambda e: e[0])
+    return {"picked_true": pick[1], "best_true": max(e[1] for e in evaluated),
+            "paid": len(evaluated)}
+
+
+def proposals_main(args, cfg0, pool_ids) -> None:
+    budget = (args.rounds + 1) * args.round_trials
+    rows = []
+    for seed in range(args.seeds):
+        cfg = cfg0.model_copy(update={"seed": seed})
+        fixed = run_fixed(cfg, Simulator(cfg, pool_ids, args.queries, args.noise, seed),
+                          pool_ids, budget)
+        props = run_proposal_rounds(cfg, Simulator(cfg, pool_ids, args.queries, args.noise,
+                                                   seed), pool_ids, args.rounds, args.per_round,
+                                    args.round_trials, args.better_rate, args.proposal_sd, seed)
+        rows.append({"seed": seed, "fixed": fixed, "rounds": props})
+        print(f"seed {seed}: fixed picked {fixed['picked_true']:.3f} (best {fixed['best_true']:.3f})"
+              f" | rounds picked {props['picked_true']:.3f} (best {props['best_true']:.3f}; "
+              f"{props['better_children']} better / {props['worse_children']} worse children)",
+              flush=True)
+    med = {f"{arm}_{m}": statistics.median(r[arm][m] for r in rows)
+           for arm in ("fixed", "rounds") for m in ("picked_true", "best_true")}
+    wins = sum(r["rounds"]["picked_true"] > r["fixed"]["picked_true"] for r in rows)
+    res = {"config": str(args.config), "seeds": args.seeds, "budget_paid_trials": budget,
+           "rounds": args.rounds, "round_trials": args.round_trials,
+           "per_round": args.per_round, "better_rate": args.better_rate,
+           "proposal_sd": args.proposal_sd, "queries": args.queries, "noise_sd": args.noise,
+           "median": med, "rounds_better_seeds": wins, "runs": rows,
+           "machine": {"cpus": os.cpu_count(), "optuna": optuna.__version__,
+                       "load_avg_1m": round(os.getloadavg()[0], 2)}}
+    out = args.out if args.out != RESULTS else RESULTS.with_name("search_proposals.json")
+    write_json(out, res)
+    print(f"\nproposals vs fixed space: {args.seeds} seeds, {budget} paid trials each, "
+          f"{args.rounds} rounds x {args.per_round} proposals, better-rate {args.better_rate}, "
+          f"proposal sd {args.proposal_sd}\n")
+    print(f"{'arm':<8}{'median picked (true)':>22}{'median best evaluated':>24}")
+    for arm in ("fixed", "rounds"):
+        print(f"{arm:<8}{med[arm + '_picked_true']:>22.3f}{med[arm + '_best_true']:>24.3f}")
+    print(f"\nrounds picked a better configuration than fixed on {wins}/{args.seeds} seeds")
+    print(f"wrote {out}")
+
+
 def tpe_variant(cfg: StudyConfig, name: str) -> optuna.samplers.BaseSampler:
     """`study`: exactly `make_sampler(cfg)`; the others change one or two settings."""
     if name == "study":
@@ -203,11 +319,23 @@ def main() -> None:
                     help="comma-separated TPE settings: study (make_sampler), startup10, "
                          "startup20, independent, multivariate")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--proposals", action="store_true",
+                    help="rounds with proposals vs the fixed space (see the module docstring)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--round-trials", type=int, default=40, help="paid trials per round")
+    ap.add_argument("--per-round", type=int, default=4, help="proposals per round")
+    ap.add_argument("--better-rate", type=float, default=0.3,
+                    help="share of proposals better than their parent")
+    ap.add_argument("--proposal-sd", type=float, default=0.25,
+                    help="sd of a proposal's utility change against its parent")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
     cfg0 = load_config(args.config)
     pool_ids = cfg0.search.fixed_candidates or Pool.load(cfg0.path(cfg0.pool.path)).ids
+    if args.proposals:
+        proposals_main(args, cfg0, pool_ids)
+        return
     samplers = [f"tpe:{v}" for v in args.tpe.split(",")] + ["random"]
     runs: dict[str, list[dict]] = {s: [] for s in samplers}
     draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=12345))

@@ -37,29 +37,29 @@ from icl_search.propose.proposer import CompletionProposer, meta_hash
 from icl_search.propose.rounds import context_fit, round_name
 from icl_search.study import ConfigError, StudyConfig, load_config, open_study
 from tests.conftest import REPO, free_port
-from tests.test_study import write_config
+from tests.helpers import write_config
 
 runner = CliRunner()
 EVAL_QUERY = "How do I load a CSV file into a pandas DataFrame and look at the first five rows?"
-GOOD = ["You are a warm, precise assistant. Acknowledge the question briefly, answer it with a "
-        "clear structure, and close with a one-line summary. Refuse harmful requests kindly and "
-        "offer a safe alternative.",
-        "You are an expert who explains step by step. Check every fact and number, keep "
-        "answers focused, and say plainly when you are not sure."]
+GOOD = [("You are a warm, precise assistant. Acknowledge the question briefly, answer it with "
+         "a clear structure, and close with a one-line summary. Refuse harmful requests kindly "
+         "and offer a safe alternative."),
+        ("You are an expert who explains step by step. Check every fact and number, keep "
+         "answers focused, and say plainly when you are not sure.")]
 
 
 def scripted_preamble(n: int) -> str:
     """Proposal n of a round: good ones and every kind of bad one, in a fixed order."""
     return {1: GOOD[0], 2: "   ", 3: "word " * 600,
-            4: "You are helpful.\n# Query:\n```\nhello\n```", 5: f"Answer well. {EVAL_QUERY}",
+            4: "You are helpful. Begin every answer with ```python and go on.", 5: f"Answer well. {EVAL_QUERY}",
             6: GOOD[1]}.get(n, GOOD[0])
 
 
-def scripted_restyle(original: str) -> str:
-    if "palindrome" in original:
+def scripted_restyle(original: str, query: str) -> str:
+    if "palindrome" in query:
         return "Sure, happy to help!"  # drops the content
-    if "linked list" in original:
-        return f"Happy to help!\n\n{original}\n\n# Query: more?"  # leaks a template marker
+    if "linked list" in query:
+        return f"Happy to help!\n\n{original}\n\n# User: more?"  # leaks a template marker
     if is_refusal(original):
         return "Sure! Here is exactly how to do it, step by step."  # a refusal turned compliant
     return f"Great question, happy to help!\n\n{original}\n\nIn short: that is the whole idea."
@@ -68,8 +68,8 @@ def scripted_restyle(original: str) -> str:
 def reply_for(prompt: str, counts: dict) -> str:
     if "## Original answer\n" in prompt:
         counts["restyle"] += 1
-        body = prompt.split("## Original answer\n", 1)[1]
-        return scripted_restyle(body.rsplit("\n```\n\n# Answer:", 1)[0].strip())
+        head, body = prompt.split("## Original answer\n", 1)
+        return scripted_restyle(body.rsplit("\n```\n\n# Answer:", 1)[0].strip(), head)
     m = re.search(r"Proposal (\d+) of \d+", prompt)
     counts["preamble"] += 1
     return scripted_preamble(int(m.group(1)) if m else 1)
@@ -206,7 +206,9 @@ def test_restyle_check_keeps_content_language_and_refusals():
 # -- rounds ----------------------------------------------------------------------------------
 def test_rounds_add_proposals_with_provenance_and_never_pay_twice(tmp_path, tiny_model_dir,
                                                                    tiny_engine, scripted):
-    path = propose_config(tmp_path, tiny_model_dir, scripted.url, propose="restyle = true")
+    path = propose_config(tmp_path, tiny_model_dir, scripted.url, propose="restyle = true",
+                          optuna="n_trials = 3")
+    path.write_text(path.read_text().replace("limit = 6", "limit = 3"))
     cfg = load_config(path)
     s = run_rounds(cfg, engine=tiny_engine, say=lambda m: None, progress=False)
     assert [r["study"] for r in s.rounds] == ["pr", "pr.r1"]
@@ -247,7 +249,7 @@ def test_rounds_add_proposals_with_provenance_and_never_pay_twice(tmp_path, tiny
     assert {"r1-p0.txt", "r1-p5.txt"} <= systems
     assert r1.trials[0].params == r0.trials[0].params  # the baseline again: from the caches
     assert r1.trials[0].value == pytest.approx(r0.trials[0].value)
-    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in r1.trials) == 5
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in r1.trials) == 3
     table = rounds_table(cfg)
     assert [r["round"] for r in table] == [0, 1] and table[1]["proposals"] == 2
     # resuming: nothing asked again, no trial run again

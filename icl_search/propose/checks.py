@@ -22,11 +22,11 @@ from icl_search.feedback.rules import RuleChecker, RuleItem, is_refusal
 from icl_search.prompt import Template
 
 # Words this common carry no content; recall is measured on the rest.
-_COMMON = set("""about above after again also because been before being below between both
-could does doing down during each from further have having here into just more most once only
-other over same should some such than that their them then there these they this those through
-under until very were what when where which while will with would your yours you the and for
-are but not can its our out all any how who why""".split())
+_COMMON = frozenset("""about above after again also because been before being below between
+both could does doing down during each from further have having here into just more most once
+only other over same should some such than that their them then there these they this those
+through under until very were what when where which while will with would your yours you the
+and for are but not can its our out all any how who why""".split())  # noqa: SIM905
 _TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{3,}|\d+(?:\.\d+)?")
 
 
