@@ -145,6 +145,7 @@ def main() -> None:
                     default=ROOT / "runs" / "bench-judge" / "distilled-old-recipe")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--resume", action="store_true", help="keep rows already in --out")
+    ap.add_argument("--no-full", action="store_true", help="only the subsample table")
     args = ap.parse_args()
     args.data = data_dir(args.data)
     try:
@@ -175,7 +176,8 @@ def main() -> None:
                                           "platform": platform.platform()}})
 
     for table, queries, safety, wanted in (
-            (full, args.queries, None, [n for n in names if not n.startswith(SLOW)]),
+            (full, args.queries, None, [] if args.no_full else
+             [n for n in names if not n.startswith(SLOW)]),
             (sub, args.slow_queries, args.slow_safety, names)):
         for name in wanted:
             if any(r.get("name") == name for r in table):

@@ -19,14 +19,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from icl_search.judge.alpaca import load_alpaca, load_lc_winrate, load_safety, split_ids
 from icl_search.judge.metrics import preference_figures, safety_auc
+from icl_search.judge.prepare import SPLIT_SEED, TEST_FRACTION
 from icl_search.judge.reward import Recipe, predict, train_reward
-from icl_search.judge.prepare import TEST_FRACTION, SPLIT_SEED
 
 OUT = Path(__file__).parent / "results" / "judge_recipe.json"
 

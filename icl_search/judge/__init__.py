@@ -15,8 +15,6 @@ within-query preferences with length partialled out, in `icl_search.judge.reward
 
 from icl_search.judge.backends import ChatBackend, EngineBackend, JudgeError, expected_score
 from icl_search.judge.distill import distill
-from icl_search.judge.learned import DistilledBackend, RewardBackend
-from icl_search.judge.records import DistillError, load_records, reference_records
 from icl_search.judge.judge import (
     DEFAULT_JUDGE,
     Judge,
@@ -25,7 +23,9 @@ from icl_search.judge.judge import (
     score,
     to_item,
 )
+from icl_search.judge.learned import DistilledBackend, RewardBackend
 from icl_search.judge.parsing import Parsed, coerce_score, parse_judgement
+from icl_search.judge.records import DistillError, load_records, reference_records
 from icl_search.judge.result import (
     Coverage,
     CoverageError,
