@@ -431,6 +431,9 @@ def test_read_only_commands_never_create_a_study(tmp_path, tiny_model_dir):
         r = runner.invoke(app, args)
         assert r.exit_code == 2, (cmd, r.output)
         assert f"no study storage at {db} (from {path}): run `icl-search study run" in r.output
+    r = runner.invoke(app, ["study", "trial", str(path), "0", "--out", str(tmp_path / "t.csv")])
+    assert r.exit_code == 2 and f"--out {tmp_path / 't.csv'}: expected a .parquet file" in \
+        " ".join(r.output.split())
     r = runner.invoke(app, ["export", str(path), "--out", str(tmp_path / "b.json")])
     assert r.exit_code == 2 and f"no study storage at {db}" in r.output
     r = runner.invoke(app, ["export", "ro", "--storage", f"sqlite:///{db}",
@@ -438,6 +441,7 @@ def test_read_only_commands_never_create_a_study(tmp_path, tiny_model_dir):
     assert r.exit_code == 2 and f"no study storage at {db}" in r.output
     assert not db.exists() and not (tmp_path / "rep").exists()
     assert not (tmp_path / "t.parquet").exists() and not (tmp_path / "b.json").exists()
+    assert not (tmp_path / "t.csv").exists()
     # a storage that holds other studies: their names are listed, no study is added
     optuna.create_study(study_name="other", storage=f"sqlite:///{db}")
     r = runner.invoke(app, ["study", "status", str(path)])
@@ -506,3 +510,20 @@ def test_plain_progress_lines_when_stderr_is_not_a_terminal(capsys):
         "progress: trials 0/4, batch items 0/6, elapsed 0s, ETA -, best -",
         "progress: trials 4/4, batch items 6/6, elapsed 40s, ETA 0s, best 3.750",
     ]
+
+
+def test_a_worker_killed_before_its_first_heartbeat_does_not_stall_the_study(tmp_path,
+                                                                             tiny_model_dir):
+    cfg, engine, judge, ev = _fake_study(tmp_path, tiny_model_dir, name="orphan",
+                                         optuna="heartbeat_seconds = 1\nn_trials = 3")
+    from icl_search.study.runner import ensure_baseline
+
+    study = open_study(cfg)
+    ensure_baseline(study, cfg, ev.pool.ids, cfg.storage_url)
+    orphan = study.ask()  # RUNNING, and its worker died before recording any heartbeat
+    s = run_study(cfg, ev)
+    trials = open_study(cfg).get_trials()
+    assert trials[orphan.number].state == TrialState.FAIL
+    assert s.finished + s.pruned == 3 and s.missing_references == []
+    assert [t.state for t in trials if t.user_attrs.get("role") == "baseline"] == [
+        TrialState.FAIL, TrialState.COMPLETE]

@@ -17,7 +17,7 @@ import numpy as np
 
 from icl_search.engines.base import Engine, SamplingParams
 from icl_search.evalset import Query
-from icl_search.generation import Job, generate_fitted
+from icl_search.generation import Job, Timing, generate_fitted
 from icl_search.judge import ItemJudgement, Judge, JudgeItem, JudgeResult
 from icl_search.pool import Example, Pool
 from icl_search.prompt import Budget, Template
@@ -219,10 +219,10 @@ class Evaluator:
                 jobs.setdefault(params, []).append((rec, Job(system, exs, q.query)))
                 rows.append(rec)
             per_spec.append(rows)
-        t0 = time.perf_counter()
+        engine_time = Timing()  # engine calls only: fitting and retrieval are not counted
         for params, items in jobs.items():
             done = generate_fitted(self.engine, [j for _, j in items], params, self.template,
-                                   budget=self.budget)
+                                   budget=self.budget, timing=engine_time)
             for (rec, _), g in zip(items, done, strict=True):
                 f, c = g.fit, g.completion
                 rec.examples, rec.dropped = [e.id for e in f.kept], [e.id for e in f.dropped]
@@ -236,7 +236,7 @@ class Evaluator:
                 self.stats.prompts += 1
                 self.stats.generated += 1
                 self.stats.gen_cached += int(c.cached)
-        self.stats.gen_seconds += time.perf_counter() - t0
+        self.stats.gen_seconds += engine_time.engine
         return per_spec
 
     def evaluate(self, specs: Sequence[TrialSpec], positions: Sequence[int],

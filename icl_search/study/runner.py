@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +220,7 @@ def run_study(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     n_queries = len(evaluator.queries)
     chunk = min(cfg.optuna.chunk_size, n_queries)
+    adopted: set[int] = set()
     with Heartbeat(study, cfg.optuna.heartbeat_seconds) as hb:
         while True:
             optuna.storages.fail_stale_trials(study)
@@ -237,6 +239,7 @@ def run_study(
             if not trials:
                 running = _count(study, (TrialState.RUNNING,))
                 if running:  # another (or a dead) worker's trials: wait, stale ones get retried
+                    _adopt_orphans(study, hb, adopted, 2 * cfg.optuna.heartbeat_seconds)
                     say(f"waiting for {running} running trial(s) of other workers")
                     time.sleep(min(cfg.optuna.heartbeat_seconds, 10))
                     continue
@@ -331,6 +334,21 @@ def run_study(
     summary.stats = vars(evaluator.stats).copy()
     summary.stats.update(vars(evaluator.screen_stats))
     return summary
+
+
+def _adopt_orphans(study: optuna.Study, hb: Heartbeat, adopted: set[int], grace: float) -> None:
+    """A worker killed between `ask` and its first heartbeat leaves a RUNNING trial that
+    Optuna never fails (it fails only trials whose last heartbeat is old, and this one has
+    none), so the study would wait for it forever. Give each such trial (running longer than
+    the grace period, not ours) one heartbeat, once: a dead one then goes stale after the grace
+    period and is retried; a live one is only refreshed once by it."""
+    now = datetime.now()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t._trial_id in hb.trial_ids or t._trial_id in adopted or t.datetime_start is None:
+            continue
+        if (now - t.datetime_start).total_seconds() > grace:
+            study._storage.record_heartbeat(t._trial_id)
+            adopted.add(t._trial_id)
 
 
 def _report(trial: optuna.Trial, cfg: StudyConfig, rows, ev: TrialEvaluation, step: int) -> bool:
