@@ -133,9 +133,17 @@ def test_demo_when_retrieval_wins(tmp_path, tiny_model_dir):
     r = runner.invoke(app, ["export", str(path), "-o", str(runs / "b.json"), "--format", "urial"])
     assert r.exit_code == 0 and not (runs / "b.urial.txt").exists()
     assert "removed the stale one" in r.output
+    # nor a chat template: the bundle is written, with one line saying why and what to use
+    r = runner.invoke(app, ["export", str(path), "-o", str(runs / "c.json"),
+                            "--format", "chat-template"])
+    assert r.exit_code == 0 and Bundle.load(runs / "c.json").mode == "retrieval"
+    assert not (runs / "c.jinja").exists()
+    assert (f"no c.jinja: a retrieval bundle chooses examples per query, which a static chat "
+            f"template cannot do; serve the bundle with `icl-search serve {runs / 'c.json'}`"
+            in r.output)
 
 
-def test_demo_when_the_fixed_baseline_is_best(tmp_path, tiny_model_dir):
+def test_demo_when_the_fixed_baseline_is_best(tmp_path, tiny_model_dir, tiny_engine):
     path = _tiny_demo_config(tmp_path, tiny_model_dir, "fixd", optuna="n_trials = 1")
     runs = tmp_path / "runs"
     out = run_demo(path, runs)
@@ -148,6 +156,12 @@ def test_demo_when_the_fixed_baseline_is_best(tmp_path, tiny_model_dir):
     assert "baseline" in report.lower()
     # the selected examples are the bundle's fixed set, in its order
     assert out["select"].index("factual-001") < out["select"].index("advice-001")
+    # the same bundle as a chat template for `vllm serve --chat-template`
+    r = runner.invoke(app, ["export", str(path), "-o", str(runs / "bundle.json"),
+                            "--format", "chat-template"])
+    assert r.exit_code == 0, r.output
+    assert f"--chat-template {runs / 'bundle.jinja'}" in r.output
+    _round_trips(Bundle.load(runs / "bundle.json"), runs / "bundle.jinja", tiny_engine)
 
 
 @pytest.mark.parametrize("mode", ["fixed", "retrieval"])
@@ -166,3 +180,46 @@ def test_to_urial_is_an_error_only_for_retrieval_bundles(tmp_path, mode):
         with pytest.raises(BundleError, match=re.escape(NO_URIAL_FILE)):
             b.to_urial()
     assert json.loads(b.model_dump_json())["mode"] == mode
+
+
+# -- export --format chat-template -----------------------------------------------------------
+def _vllm_render(engine, template_path: Path, messages: list[dict]) -> str:
+    """The prompt vLLM's own chat path renders (what `vllm serve --chat-template` does)."""
+    from vllm.renderers.chat_utils import load_chat_template
+    from vllm.renderers.hf import resolve_chat_template_content_format, safe_apply_chat_template
+
+    tpl = load_chat_template(template_path)
+    model_config = engine.llm.llm_engine.vllm_config.model_config
+    tokenizer = engine.llm.get_tokenizer()
+    fmt = resolve_chat_template_content_format(tpl, None, "auto", tokenizer,
+                                               model_config=model_config)
+    assert fmt == "string"  # message content is passed as text, not as a list of parts
+    return safe_apply_chat_template(model_config, tokenizer, messages, chat_template=tpl,
+                                    tokenize=False, add_generation_prompt=True)
+
+
+def _round_trips(bundle: Bundle, path: Path, engine) -> None:
+    q = QUERY
+    assert _vllm_render(engine, path, [{"role": "user", "content": q}]) == bundle.render(q)
+    turns = [("What is 2+2?", "4."), ("And 3+3?", "6.")]
+    msgs = [{"role": "system", "content": "Answer in French."}]
+    for u, a in turns:
+        msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+    msgs.append({"role": "user", "content": q})
+    want = bundle.prepare(q, system=["Answer in French."], turns=turns).prompt
+    assert _vllm_render(engine, path, msgs) == want
+
+
+def test_chat_template_renders_what_the_bundle_renders(tmp_path, tiny_engine):
+    from icl_search.chat_template import to_chat_template
+    from icl_search.pool import Pool
+
+    pool = Pool.load(POOLS / "default.jsonl")
+    # text that a careless template would read as Jinja, escapes, quotes and non-ASCII
+    system = ('Be brief. {{ messages }} {% raw %} "quoted" \\n \\\\ {# not a comment #} '
+              "émigré 😀\n\n")
+    b = Bundle.create(model="m", system=system, examples=[pool["factual-001"],
+                                                          pool["advice-001"]])
+    path = tmp_path / "t.jinja"
+    path.write_text(to_chat_template(b), encoding="utf-8")
+    _round_trips(b, path, tiny_engine)

@@ -28,7 +28,8 @@ def export(
     format: str = typer.Option("json", "--format", help="json, or urial to also write "
                                "<out>.urial.txt in the URIAL repository's prompt-file format "
                                "(fixed sets only: a retrieval bundle is written alone, with a "
-                               "note)."),
+                               "note); chat-template to also write <out>.jinja, a chat template "
+                               "for `vllm serve --chat-template` (fixed sets only)."),
 ) -> None:
     """Write the best (or a chosen) trial as a self-contained prompt bundle."""
     import optuna
@@ -37,8 +38,8 @@ def export(
     from icl_search.study.export import ExportError, export_bundle
     from icl_search.study.storage import redact
 
-    if format not in ("json", "urial"):
-        fail(f"--format: {format!r} is not one of json, urial")
+    if format not in ("json", "urial", "chat-template"):
+        fail(f"--format: {format!r} is not one of json, urial, chat-template")
     if study.endswith(".toml"):
         from icl_search.study import ConfigError, load_config, load_study
 
@@ -80,5 +81,23 @@ def export(
                   + (" (removed the stale one from an earlier export)" if stale else "")
                   + f"; see its prompt for a query with `icl-search select {out} \"QUERY\"`",
                   highlight=False, soft_wrap=True)
+    if format == "chat-template":
+        from icl_search.chat_template import NO_CHAT_TEMPLATE, to_chat_template
+        from icl_search.io import atomic_write
+
+        jinja = out.with_suffix(".jinja")
+        if b.mode == "fixed":
+            with atomic_write(jinja) as fh:
+                fh.write(to_chat_template(b))
+            err.print(f"chat template -> {jinja} (vllm serve {b.model} --chat-template {jinja})",
+                      highlight=False, soft_wrap=True)
+        else:
+            stale = jinja.exists()
+            if stale:  # another trial's template would not match this bundle
+                jinja.unlink()
+            err.print(f"no {jinja.name}: {NO_CHAT_TEMPLATE}"
+                      + (" (removed the stale one from an earlier export)" if stale else "")
+                      + f"; serve the bundle with `icl-search serve {out}`",
+                      highlight=False, soft_wrap=True)
     if sc.confirm is not None:
         err.print(sc.confirm.verdict, highlight=False)
