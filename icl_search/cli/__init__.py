@@ -7,7 +7,7 @@ import warnings
 from typing import NoReturn
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 from icl_search.errors import IclSearchError
 
@@ -53,6 +53,18 @@ app = typer.Typer(
     add_completion=False,
 )
 
+# Typer prints a `<bool>` type next to every on/off flag, which reads as if the flag took a
+# value: flags show no type (every other option keeps its `<int>`, `<path>`, ...).
+_display_type_rich = TyperOption.display_type_rich
+
+
+def _flag_type(self: TyperOption, ctx) -> str | None:
+    return None if self.is_bool_flag else _display_type_rich(self, ctx)
+
+
+TyperOption.display_type_rich = _flag_type
+
+
 def _version(value: bool) -> None:
     if value:
         from icl_search import __version__
@@ -78,3 +90,8 @@ from icl_search.cli import study as _study  # noqa: E402,F401
 from icl_search.cli import serve as _serve  # noqa: E402,F401
 from icl_search.cli import export as _export  # noqa: E402,F401
 from icl_search.cli import propose as _propose  # noqa: E402,F401
+
+# every command's `--help` ends with an example (one table: icl_search/cli/examples.py)
+from icl_search.cli.examples import attach as _attach_examples
+
+_attach_examples(app)

@@ -322,12 +322,12 @@ def distill_cmd(
                                           "reference.dev.jsonl, outputs and instructions beside)."),
     aspects: str | None = typer.Option(None, "--aspects", help="Comma-separated aspects to "
                                        "learn, or 'overall' (default: every aspect present)."),
-    epochs: int = typer.Option(1, min=1),
-    batch_size: int = typer.Option(16, min=1),
-    learning_rate: float = typer.Option(5e-5, min=0.0),
+    epochs: int = typer.Option(1, min=1, help="Passes over the training pairs."),
+    batch_size: int = typer.Option(16, min=1, help="Training batch size."),
+    learning_rate: float = typer.Option(5e-5, min=0.0, help="AdamW learning rate."),
     max_length: int = typer.Option(256, min=16, help="Tokens of query + response read."),
     test_fraction: float = typer.Option(0.2, min=0.0, max=0.95, help="Queries held out."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Seed for the split and the training order."),
     base_model: str | None = typer.Option(None, "--base-model", help="Model to start from "
                                           "(default: the packaged MiniLM embedder)."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),

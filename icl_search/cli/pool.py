@@ -54,7 +54,6 @@ def validate_cmd(
 @pool_app.command("import")
 def import_cmd(
     in_path: Annotated[Path, typer.Argument(help="File to import.")],
-    out: Annotated[Path, typer.Argument(help="Pool file to write (.jsonl, .parquet or .csv).")],
     format: Annotated[ImportFormat, typer.Option(
         "--format", "-f", help="urial: a URIAL prompt file (its preamble goes to "
         "OUT's <stem>.system.txt); alpaca: JSON list of {instruction, input, output}; "
@@ -62,6 +61,10 @@ def import_cmd(
         "just-eval: an outputs file joined on id to --instructions.")],
     instructions: Annotated[Path | None, typer.Option(
         help="just-eval instructions file (id, instruction, category).")] = None,
+    out_arg: Annotated[Path | None, typer.Argument(
+        metavar="[OUT]", help="Pool file to write (.jsonl, .parquet, .csv); or -o/--out.")] = None,
+    out_opt: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Pool file to write (.jsonl, .parquet or .csv).")] = None,
 ) -> None:
     """Convert a URIAL, Alpaca, ShareGPT/OpenAI-messages or just-eval file into a pool.
 
@@ -69,6 +72,9 @@ def import_cmd(
     """
     from icl_search.pool import import_file, system_path, write_system
 
+    if (out_arg is None) == (out_opt is None):
+        _fail("give the pool file to write once: -o/--out OUT (or as the second argument)")
+    out = out_opt or out_arg
     if out.suffix.lower() not in POOL_SUFFIXES:
         _fail(f"{out}: unsupported pool format {out.suffix or '(no extension)'!r}: "
               f"use one of {', '.join(POOL_SUFFIXES)}")
@@ -183,7 +189,8 @@ def bootstrap_cmd(
     queries: Annotated[Path, typer.Option(help="JSONL of new queries (query, id, category, "
                                           "optional expect).")],
     pool: Annotated[Path, typer.Option(help="The existing pool.")],
-    out: Annotated[Path, typer.Option(help="The grown pool to write (.jsonl/.parquet/.csv).")],
+    out: Annotated[Path, typer.Option("--out", "-o",
+                                      help="The grown pool to write (.jsonl/.parquet/.csv).")],
     threshold: Annotated[float, typer.Option(min=1.0, max=5.0, help="Keep answers whose judge "
                                              "overall score is at least this (1-5).")] = 3.5,
     judge: Annotated[str, typer.Option(help="Judge spec (see `icl-search judge --help`).")] =

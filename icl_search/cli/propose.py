@@ -77,8 +77,9 @@ def preambles(
     n: Optional[int] = typer.Option(None, "--n", min=1, help="Preambles to ask for "
                                     "(default [propose] per_round)."),
     spec: Optional[str] = typer.Option(None, help=SPEC_HELP),
-    out: Optional[Path] = typer.Option(None, help="Folder for the preamble files and "
-                                       "proposals.json (default: <artifacts>/proposals/manual)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the preamble files "
+                                       "and proposals.json (default: "
+                                       "<artifacts>/proposals/manual)."),
 ) -> None:
     """Write new preambles from the best/worst preambles, the pool and the failures so far."""
     from icl_search.prompt import Template
@@ -119,7 +120,7 @@ def preambles(
 def restyle(
     config: Path = typer.Argument(..., help="Study config (TOML): its pool is restyled."),
     spec: Optional[str] = typer.Option(None, help=SPEC_HELP),
-    out: Optional[Path] = typer.Option(None, help="The new pool version (default: "
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The new pool version (default: "
                                        "<artifacts>/proposals/pool.restyled.jsonl)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Restyle only the first N examples."),
     embed_check: bool = typer.Option(True, help="Also require embedder cosine to the "

@@ -42,7 +42,8 @@ def serve_cmd(
         "--model", help="Model folder or name (default: the bundle's model).")] = None,
     host: Annotated[str, typer.Option(
         "--host", help="Address to bind; loopback unless you mean to expose it.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535,
+                                      help="Port to listen on.")] = 8000,
     api_key: Annotated[str | None, typer.Option(
         "--api-key", envvar="ICL_SEARCH_API_KEY",
         help="Require 'Authorization: Bearer KEY' on /v1/ routes (or set ICL_SEARCH_API_KEY).")

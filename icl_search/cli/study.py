@@ -130,7 +130,8 @@ def run(
 def worker(
     config: Path = typer.Argument(..., help="Study config (TOML)."),
     storage: str = typer.Option(..., help="Shared storage URL, e.g. postgresql://user@host/db."),
-    n_trials: Optional[int] = typer.Option(None, min=1),
+    n_trials: Optional[int] = typer.Option(None, min=1, help="Finished trials to reach "
+                                           "(default: the config's optuna.n_trials)."),
 ) -> None:
     """Join a study as one more worker (run this on each machine)."""
     _run(config, storage, n_trials, None, worker=True)
@@ -170,7 +171,7 @@ def confirm_cmd(
 
 
 @study_app.command("validate")
-def validate(config: Path = typer.Argument(...),
+def validate(config: Path = typer.Argument(..., help="Study config (TOML)."),
              storage: Optional[str] = typer.Option(None, help="Storage URL to check.")) -> None:
     """Check a config without loading any model: fields, pool and eval files, pool ids, spec
     prefixes, model folders, and that the storage opens (a new SQLite file is not created)."""
@@ -210,16 +211,18 @@ def _status(cfg, storage: Optional[str]) -> None:
 
 
 @study_app.command("status")
-def status(config: Path = typer.Argument(...),
-           storage: Optional[str] = typer.Option(None)) -> None:
+def status(config: Path = typer.Argument(..., help="Study config (TOML)."),
+           storage: Optional[str] = typer.Option(None, help="Storage URL (default: the "
+                                                 "config's optuna.storage).")) -> None:
     """Progress and the best trial so far."""
     _status(_config(config), storage)
 
 
 @study_app.command("trials")
 def trials(
-    config: Path = typer.Argument(...),
-    storage: Optional[str] = typer.Option(None),
+    config: Path = typer.Argument(..., help="Study config (TOML)."),
+    storage: Optional[str] = typer.Option(None, help="Storage URL (default: the config's "
+                                          "optuna.storage)."),
     csv: Optional[Path] = typer.Option(None, help="Also write the table as CSV."),
 ) -> None:
     """A table of every trial: parameters, score, aspects, context tokens."""
@@ -252,8 +255,10 @@ def _fmt(v) -> str:
 def trial_cmd(
     config: Path = typer.Argument(..., help="Study config (TOML)."),
     number: int = typer.Argument(..., help="Trial number (see `study trials`)."),
-    out: Path = typer.Option(..., help="Parquet file for the trial's per-query records."),
-    storage: Optional[str] = typer.Option(None),
+    out: Path = typer.Option(..., "--out", "-o",
+                             help="Parquet file for the trial's per-query records."),
+    storage: Optional[str] = typer.Option(None, help="Storage URL (default: the config's "
+                                          "optuna.storage)."),
 ) -> None:
     """Export one trial's prompts, answers and per-query scores (one row per query)."""
     import polars as pl
@@ -286,9 +291,11 @@ def trial_cmd(
 
 @study_app.command("report")
 def report(
-    config: Path = typer.Argument(...),
-    out: Path = typer.Option(Path("runs/report"), help="Folder for report.md, PNG and HTML."),
-    storage: Optional[str] = typer.Option(None),
+    config: Path = typer.Argument(..., help="Study config (TOML)."),
+    out: Path = typer.Option(Path("runs/report"), "--out", "-o",
+                             help="Folder for report.md, PNG and HTML."),
+    storage: Optional[str] = typer.Option(None, help="Storage URL (default: the config's "
+                                          "optuna.storage)."),
 ) -> None:
     """Baseline vs best per aspect, optimisation history and parameter importances."""
     from icl_search.report import write_report
