@@ -511,7 +511,8 @@ def main() -> None:
         tmp = Path(d) if args.workdir is None else args.workdir
         tmp.mkdir(parents=True, exist_ok=True)
         model = build_tiny_model(tmp / "tiny")
-        study_cfg = None
+        # `export` needs a finished study: this run's SQLite one, or one left in --workdir.
+        study_cfg = tmp / "rel.toml" if (tmp / "rel.db").exists() else None
         for name in ("judge", "serve", "sqlite", "postgres", "writes"):
             if name in args.skip:
                 continue
