@@ -51,8 +51,10 @@ minus |N(0, `--proposal-sd`)| (a worse one). Each round is a new Optuna study ov
 space, seeded exactly as the product seeds it (`icl_search.propose.rounds.seeds_for`: the best
 configuration under each new preamble, then the best so far); a configuration evaluated before
 is answered from a cache with its first noisy score and costs no budget, as in a real study.
-Fixed: one study of (`--rounds` + 1) x `--round-trials` trials over the config's space. Both
-report, median over seeds, the noise-free score of the trial they would export (the best
+`rounds_history` is the same, with each round's study also holding the earlier rounds'
+finished trials (copied with the wider preamble distribution: free, so TPE starts from what is
+known; the product does not do this yet). Fixed: one study of (`--rounds` + 1) x
+`--round-trials` trials over the config's space. Each arm reports, median over seeds, the noise-free score of the trial they would export (the best
 observed score) and the best noise-free score they evaluated. Writes
 `bench/results/search_proposals.json`.
 """
@@ -73,6 +75,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import optuna
+from optuna.trial import TrialState
 
 from icl_search.io import write_json
 from icl_search.pool import Pool
@@ -211,7 +214,9 @@ def run_fixed(cfg, sim, pool_ids, budget):
 
 
 def run_proposal_rounds(cfg, sim, pool_ids, rounds, per_round, round_trials, better_rate,
-                        sd, seed):
+                        sd, seed, history=False):
+    """`history`: each round's study also holds the earlier rounds' finished trials, copied
+    with the round's (wider) preamble distribution, so TPE starts from what is known."""
     from icl_search.propose.rounds import seeds_for
 
     rng = np.random.default_rng(seed + 50_000)
@@ -235,6 +240,14 @@ def run_proposal_rounds(cfg, sim, pool_ids, rounds, per_round, round_trials, bet
         search = cfg.search.model_copy(update={"system_prompts": list(systems)})
         cfg_r = cfg.model_copy(update={"search": search})
         study = optuna.create_study(direction="maximize", sampler=make_sampler(cfg_r))
+        if history:
+            wide = optuna.distributions.CategoricalDistribution(
+                [n for n in (Path(x).name for x in systems)])
+            for _, old in done[-1:]:  # the last round holds the copies of the ones before
+                for t in old.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+                    study.add_trial(optuna.trial.create_trial(
+                        params=t.params, distributions=t.distributions | {"system": wide},
+                        value=t.value))
         study.enqueue_trial(baseline_params(cfg_r, pool_ids))
         for params in seeds_for(done, new_names, 3):
             study.enqueue_trial(params)
@@ -249,6 +262,9 @@ def _outcome(evaluated):
             "paid": len(evaluated)}
 
 
+ARMS = ("fixed", "rounds", "rounds_history")
+
+
 def proposals_main(args, cfg0, pool_ids) -> None:
     budget = (args.rounds + 1) * args.round_trials
     rows = []
@@ -259,14 +275,20 @@ def proposals_main(args, cfg0, pool_ids) -> None:
         props = run_proposal_rounds(cfg, Simulator(cfg, pool_ids, args.queries, args.noise,
                                                    seed), pool_ids, args.rounds, args.per_round,
                                     args.round_trials, args.better_rate, args.proposal_sd, seed)
-        rows.append({"seed": seed, "fixed": fixed, "rounds": props})
+        hist = run_proposal_rounds(cfg, Simulator(cfg, pool_ids, args.queries, args.noise,
+                                                  seed), pool_ids, args.rounds, args.per_round,
+                                   args.round_trials, args.better_rate, args.proposal_sd, seed,
+                                   history=True)
+        rows.append({"seed": seed, "fixed": fixed, "rounds": props, "rounds_history": hist})
         print(f"seed {seed}: fixed picked {fixed['picked_true']:.3f} (best {fixed['best_true']:.3f})"
               f" | rounds picked {props['picked_true']:.3f} (best {props['best_true']:.3f}; "
-              f"{props['better_children']} better / {props['worse_children']} worse children)",
+              f"{props['better_children']} better / {props['worse_children']} worse children)"
+              f" | rounds+history picked {hist['picked_true']:.3f} (best {hist['best_true']:.3f})",
               flush=True)
     med = {f"{arm}_{m}": statistics.median(r[arm][m] for r in rows)
-           for arm in ("fixed", "rounds") for m in ("picked_true", "best_true")}
-    wins = sum(r["rounds"]["picked_true"] > r["fixed"]["picked_true"] for r in rows)
+           for arm in ARMS for m in ("picked_true", "best_true")}
+    wins = {arm: sum(r[arm]["picked_true"] > r["fixed"]["picked_true"] for r in rows)
+            for arm in ARMS[1:]}
     res = {"config": str(args.config), "seeds": args.seeds, "budget_paid_trials": budget,
            "rounds": args.rounds, "round_trials": args.round_trials,
            "per_round": args.per_round, "better_rate": args.better_rate,
@@ -279,10 +301,11 @@ def proposals_main(args, cfg0, pool_ids) -> None:
     print(f"\nproposals vs fixed space: {args.seeds} seeds, {budget} paid trials each, "
           f"{args.rounds} rounds x {args.per_round} proposals, better-rate {args.better_rate}, "
           f"proposal sd {args.proposal_sd}\n")
-    print(f"{'arm':<8}{'median picked (true)':>22}{'median best evaluated':>24}")
-    for arm in ("fixed", "rounds"):
-        print(f"{arm:<8}{med[arm + '_picked_true']:>22.3f}{med[arm + '_best_true']:>24.3f}")
-    print(f"\nrounds picked a better configuration than fixed on {wins}/{args.seeds} seeds")
+    print(f"{'arm':<16}{'median picked (true)':>22}{'median best evaluated':>24}")
+    for arm in ARMS:
+        print(f"{arm:<16}{med[arm + '_picked_true']:>22.3f}{med[arm + '_best_true']:>24.3f}")
+    for arm, n in wins.items():
+        print(f"{arm} picked a better configuration than fixed on {n}/{args.seeds} seeds")
     print(f"wrote {out}")
 
 
