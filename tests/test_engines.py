@@ -198,3 +198,38 @@ def test_engine_args_reach_vllm(tiny_model_dir, tiny_engine):
     assert engine.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs == 4
     prompt = "Paris is"
     assert engine.generate([prompt], GREEDY)[0].text == tiny_engine.generate([prompt], GREEDY)[0].text
+
+
+def test_openai_engine_retries_5xx_through_the_sdk_and_refuses_4xx_at_once():
+    import http.server
+
+    hits = {"n": 0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # /v1/models
+            hits["n"] += 1
+            code = 503 if "fivexx" in self.headers.get("Authorization", "") else 401
+            body = b'{"error": {"message": "busy"}}'
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    try:
+        with pytest.raises(EngineError, match=r"/v1/models unreachable after 3 attempts: "
+                                              r"HTTP 503: .*busy"):
+            OpenAIEngine(url, "m", api_key="fivexx", max_retries=2, timeout=5)
+        assert hits["n"] == 3
+        hits["n"] = 0
+        with pytest.raises(EngineError, match=r"/v1/models refused the request: HTTP 401"):
+            OpenAIEngine(url, "m", api_key="bad", max_retries=2, timeout=5)
+        assert hits["n"] == 1
+    finally:
+        srv.shutdown()

@@ -1,4 +1,8 @@
-"""Client for a remote OpenAI-compatible `/v1/completions` endpoint (e.g. `vllm serve`)."""
+"""Client for a remote OpenAI-compatible `/v1/completions` endpoint (e.g. `vllm serve`), on
+the `openai` SDK: its transport, authentication, timeouts and retries (connection errors,
+timeouts, 408/409/429/5xx, with exponential back-off). The reply is read from the raw HTTP
+response, so a hostile body (HTML with 200, a JSON array, a malformed choice) is still one
+clear error or a failed completion rather than an SDK validation error."""
 
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ class OpenAIEngine:
 
     Requests are sent in chunks of `batch_size` prompts (the completions API takes a list),
     `concurrency` chunks at a time, so the server's own batching stays busy. Connection errors,
-    timeouts, 429 and 5xx are retried `max_retries` times with exponential back-off. When every
+    timeouts, 429 and 5xx are retried `max_retries` times with exponential back-off (the SDK's
+    own retry loop). When every
     request of a `generate` failed, one `EngineError` names the endpoint and the last error;
     when only some did (or a choice is malformed), those prompts come back as failed
     completions (`finish_reason="error"`, `error` says why) and the others stand.
@@ -42,8 +47,13 @@ class OpenAIEngine:
         if not self.base_url.endswith("/v1"):
             self.base_url += "/v1"
         key = api_key or os.environ.get("ICL_SEARCH_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        import openai
+
+        # a local server needs no key, but the SDK refuses to start without one
+        self._client = openai.OpenAI(base_url=self.base_url, api_key=key or "EMPTY",
+                                     timeout=timeout, max_retries=max_retries)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._http = httpx.Client(timeout=timeout, headers=headers)
+        self._http = httpx.Client(timeout=timeout, headers=headers)  # vLLM's /tokenize only
         self.max_retries = max_retries
         self.batch_size = batch_size
         self.concurrency = concurrency
@@ -69,26 +79,30 @@ class OpenAIEngine:
             self._tokenizer = AutoTokenizer.from_pretrained(tokenizer)
 
     # -- HTTP ------------------------------------------------------------------------------
-    def _request(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+    def _request(self, path: str, call) -> dict[str, Any]:
+        """`call()` (an SDK `with_raw_response` method, retried by the SDK) -> the reply's
+        JSON object; every failure is one `EngineError` naming the endpoint."""
+        import openai
+
         url = f"{self.base_url}{path}"
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            try:
-                r = self._http.request(method, url, **kw)
-            except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            else:
-                if r.status_code < 400:
-                    return _json_object(r, url)
-                last = f"HTTP {r.status_code}: {r.text[:300]}"
-                if r.status_code != 429 and r.status_code < 500:
-                    raise EngineError(f"{url} refused the request: {last}")
-            if attempt < self.max_retries:
-                time.sleep(min(0.5 * 2**attempt, 8.0))
-        raise EngineError(f"{url} unreachable after {self.max_retries + 1} attempts: {last}")
+        try:
+            raw = call()
+        except openai.APIStatusError as exc:
+            code = exc.status_code
+            last = f"HTTP {code}: {exc.response.text[:300]}"
+            if code == 429 or code >= 500:  # retried by the SDK, still failing
+                raise EngineError(f"{url} unreachable after {self.max_retries + 1} attempts: "
+                                  f"{last}") from None
+            raise EngineError(f"{url} refused the request: {last}") from None
+        except openai.APIConnectionError as exc:  # includes APITimeoutError
+            cause = exc.__cause__ or exc
+            raise EngineError(f"{url} unreachable after {self.max_retries + 1} attempts: "
+                              f"{type(exc).__name__}: {exc} ({cause})") from None
+        return _json_object(raw.http_response, url)
 
     def _models(self) -> list[dict[str, Any]]:
-        return self._request("GET", "/models").get("data", [])
+        return self._request("/models", self._client.models.with_raw_response.list).get(
+            "data", [])
 
     # -- Engine protocol -------------------------------------------------------------------
     def count_tokens(self, text: str) -> int:
@@ -149,7 +163,8 @@ class OpenAIEngine:
         body: dict[str, Any] = {
             "model": self.model, "prompt": chunk, "max_tokens": params.max_tokens,
             "temperature": params.temperature, "top_p": params.top_p,
-            "repetition_penalty": params.repetition_penalty,
+            # not in the OpenAI API; vLLM and most compatible servers read it
+            "extra_body": {"repetition_penalty": params.repetition_penalty},
         }
         if params.stop:
             body["stop"] = list(params.stop)
@@ -157,7 +172,8 @@ class OpenAIEngine:
             body["seed"] = params.seed
         if params.logprobs is not None:
             body["logprobs"] = params.logprobs
-        data = self._request("POST", "/completions", json=body)
+        data = self._request("/completions",
+                             lambda: self._client.completions.with_raw_response.create(**body))
         raw = data.get("choices")
         if not isinstance(raw, list) or not all(isinstance(c, dict) for c in raw):
             raise EngineError(f"{self.base_url}/completions: malformed reply: 'choices' is not "
