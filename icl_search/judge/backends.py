@@ -274,13 +274,15 @@ class ChatBackend:
         self._reached = False
         self._lock = threading.Lock()
 
-    def _ask(self, messages: list[tuple[str, str]], aspects: tuple[str, ...]) -> str:
+    def _ask(self, messages: list[tuple[str, str]], aspects: tuple[str, ...] = ()) -> str:
+        """The model's reply text; with `aspects`, the answer schema is asked for as
+        structured output (pairwise feedback asks without aspects: a one-word verdict)."""
         from dspy import lm15
         from dspy.utils.exceptions import LMInvalidRequestError, LMUnsupportedFeatureError
 
         msgs = tuple(lm15.Message.user(t) if role == "user" else lm15.Message.assistant(t)
                      for role, t in messages)
-        structured = self.structured
+        structured = self.structured and bool(aspects)
 
         def request(schema: bool):
             return lm15.Request(model=self.model, messages=msgs, config=lm15.Config(
