@@ -408,7 +408,9 @@ def main() -> None:
     print(f"{'pool':>9} {'index':>6} {'embed':>12} {'select':>12} {'render':>12} {'total':>12}"
           f" {'batch q/s':>10} {'given vecs':>11}")
     for r in rows:
-        a = next(x for x in r["indexes"] if x["auto_pick"])
+        a = next((x for x in r["indexes"] if x["auto_pick"]), None)
+        if a is None:  # --kinds left the auto pick out
+            continue
         lat = a["latency"]
         print(f"{r['pool_size']:>9,} {a['kind']:>6} {pp(lat['embed']):>12} {pp(lat['select']):>12}"
               f" {pp(lat['render']):>12} {pp(lat['total']):>12}"
