@@ -21,10 +21,12 @@ StrategyName = StrEnum("StrategyName", {s: s for s in STRATEGIES})
 OrderName = StrEnum("OrderName", {o: o for o in ORDERS})
 
 
+# The kinds of icl_search.index.kinds.INDEX_KINDS (not imported here: faiss is slow to load).
 class IndexType(StrEnum):
     auto = "auto"
     flat = "flat"
     hnsw = "hnsw"
+    ivf = "ivf"
 
 
 _OPTION_OF = {"fixed_ids": "--fixed", "k": "--k", "mmr_lambda": "--lambda",
@@ -120,7 +122,8 @@ def select_cmd(
         "--index-dir", help="Index directory (default: <pool>.index/ beside the pool).")] = None,
     index_type: Annotated[IndexType, typer.Option(
         "--index-type",
-        help="Index to build when none is fresh: auto = HNSW above 50k examples.")
+        help="Index to build when none is fresh: auto = exact up to 10k examples, IVF with "
+             "8-bit codes above.")
     ] = IndexType.auto,
     embedder: Annotated[str | None, typer.Option(
         "--embedder",
