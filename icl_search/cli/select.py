@@ -122,7 +122,7 @@ def select_cmd(
         "--index-dir", help="Index directory (default: <pool>.index/ beside the pool).")] = None,
     index_type: Annotated[IndexType, typer.Option(
         "--index-type",
-        help="Index to build when none is fresh: auto = exact up to 10k examples, IVF with "
+        help="Index to build when none is fresh: auto = exact up to 5k examples, IVF with "
              "8-bit codes above.")
     ] = IndexType.auto,
     embedder: Annotated[str | None, typer.Option(

@@ -19,11 +19,13 @@ from icl_search.errors import IclSearchError
 
 IndexKind = Literal["flat", "hnsw", "ivf", "auto"]
 INDEX_KINDS = ("flat", "hnsw", "ivf", "auto")
-# "auto" searches exactly up to this many vectors (under a millisecond per query, exact), and
-# uses "ivf" above: on bench/selection.py's pools IVF with 8-bit codes built 4-5x faster than
-# HNSW, answered as fast with higher recall@8 at 30k-1M, and takes a quarter of the memory
+# "auto" searches exactly up to this many vectors, and uses "ivf" above. On bench/selection.py's
+# pools exact search was level with DSPy's numpy brute force (BLAS matrix-vector product, then
+# a sort) up to a few thousand vectors and slower than it at ~10k (0.37 vs 0.26 ms at 12k,
+# where IVF took 0.21 ms at recall@8 0.998); IVF with 8-bit codes built 4-5x faster than HNSW,
+# answered as fast with higher recall@8 from 30k to 1M, and takes a quarter of the memory
 # (1M x 384: 0.4 GB against HNSW's 1.7 GB, whose recall there was 0.70).
-AUTO_FLAT_MAX = 10_000
+AUTO_FLAT_MAX = 5_000
 # IVF scans about this many vectors per query (nprobe = IVF_SCAN * nlist / n): recall@8
 # 0.97-0.98 from 10k to 1M vectors on the benchmark's pools.
 IVF_SCAN = 8192
