@@ -101,6 +101,31 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+@contextmanager
+def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """Build a folder in a hidden `.NAME.partial-PID` sibling, then rename it into place.
+
+    The caller holds the folder's lock, so any other partial sibling is a killed run's and is
+    removed first. On an error the partial folder is removed and `target` is left as it was.
+    """
+    import shutil
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = target.parent / f".{target.name}.partial-{os.getpid()}"
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
     n = 0
     with atomic_write(path) as fh:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from icl_search.errors import IclSearchError
+from icl_search.io import atomic_folder
 from icl_search.paths import home
 
 DEFAULT_MODEL = "gemma-3-270m"
@@ -87,23 +88,14 @@ def prepare(name: str = DEFAULT_MODEL, *, force: bool = False, log=print) -> Pat
         if (target / MARKER).exists() and not force:
             return target
         source, builder = _BUILDERS[name]
-        tmp = target.parent / f".{name}.partial-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         t0 = time.time()
-        try:
+        with atomic_folder(target) as tmp:
             builder(tmp, log=log)
             (tmp / MARKER).write_text(json.dumps({
                 "name": name, "source": source,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "seconds": round(time.time() - t0, 1),
             }))
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
         log(f"prepared {name} in {time.time() - t0:.0f}s -> {target}")
         return target
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from icl_search.io import atomic_folder
 from icl_search.judge.alpaca import (
     ALPACA_FILES,
     JUST_EVAL_FILES,
@@ -127,18 +127,8 @@ def prepare_default(data: str | os.PathLike | None = None, *, recipe: Recipe | N
             say(f"{target}: incomplete or damaged judge folder; training it again")
         say(f"preparing the default judge from {root} (once; cached in {target}) ...")
         # Under the lock no one else writes this judge: any partial folder is a killed run's.
-        for stale in target.parent.glob(f".{target.name}.partial-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = target.parent / f".{target.name}.partial-{os.getpid()}"
-        tmp.mkdir(parents=True)
-        try:
+        with atomic_folder(target) as tmp:
             _train_into(tmp, root, files, key, recipe, progress, threads, say)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
         say(f"prepared the default judge -> {target}")
     return target
 
