@@ -48,6 +48,21 @@ class LeakGuard:
         return next((qid for qid, q in self.queries if f" {q} " in t), None)
 
 
+def _text_problem(text: str | None, max_chars: int, template: Template) -> str | None:
+    """What every proposal is checked for first: an answer, not empty, not over-long, no
+    template scaffolding."""
+    if text is None:
+        return "no answer from the proposer"
+    text = text.strip()
+    if not text:
+        return "empty"
+    if len(text) > max_chars:
+        return f"over-long ({len(text)} chars > max_chars {max_chars})"
+    if leak := _scaffolding(text, template):
+        return f"template-breaking ({leak})"
+    return None
+
+
 @dataclass
 class PreambleCheck:
     guard: LeakGuard | None = None
@@ -57,16 +72,9 @@ class PreambleCheck:
 
     def reason(self, text: str | None) -> str | None:
         """Why the preamble is rejected, or None when it passes."""
-        if text is None:
-            return "no answer from the proposer"
+        if why := _text_problem(text, self.max_chars, self.template):
+            return why
         text = text.strip()
-        if not text:
-            return "empty"
-        if len(text) > self.max_chars:
-            return f"over-long ({len(text)} chars > max_chars {self.max_chars})"
-        leak = _scaffolding(text, self.template)
-        if leak:
-            return f"template-breaking ({leak})"
         if self.guard is not None and (qid := self.guard.copied(text)):
             return f"copies eval/confirm query {qid!r}"
         if self.fits is not None and (why := self.fits(text)):
@@ -84,16 +92,9 @@ class RestyleCheck:
     max_chars: int = 8000
 
     def reason(self, query: str, original: str, text: str | None) -> str | None:
-        if text is None:
-            return "no answer from the proposer"
+        if why := _text_problem(text, self.max_chars, self.template):
+            return why
         text = text.strip()
-        if not text:
-            return "empty"
-        if len(text) > self.max_chars:
-            return f"over-long ({len(text)} chars > max_chars {self.max_chars})"
-        leak = _scaffolding(text, self.template)
-        if leak:
-            return f"template-breaking ({leak})"
         lang = RuleChecker(rules=("language",)).check_one(RuleItem("r", original, text))
         if lang:
             return f"changes the language ({lang[0].detail.replace('query', 'original')})"
