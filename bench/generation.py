@@ -35,18 +35,11 @@ import argparse
 import gc
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-             "LITELLM_LOCAL_MODEL_COST_MAP": "True", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-             "VLLM_LOGGING_LEVEL": "ERROR"}.items():
-    os.environ.setdefault(k, v)
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import POOLS, RESULTS  # first: the offline environment and the import path
 
 from icl_search.cache import Cache
 from icl_search.engines import CachedEngine, SamplingParams
@@ -57,10 +50,9 @@ from icl_search.io import write_json
 from icl_search.pool import Pool
 from icl_search.prompt import Template
 
-RESULTS = ROOT / "bench" / "results"
-SYSTEM = ROOT / "pools" / "system_prompts" / "urial_style.txt"
-POOL = ROOT / "pools" / "default.jsonl"
-EVAL = ROOT / "pools" / "eval" / "dev.jsonl"
+SYSTEM = POOLS / "system_prompts" / "urial_style.txt"
+POOL = POOLS / "default.jsonl"
+EVAL = POOLS / "eval" / "dev.jsonl"
 #: per model: context window, KV cache bound (enough for a whole batch of long prompts)
 SETTINGS = {"tiny": {"max_model_len": 4096, "kv_cache_memory_bytes": 128 * 2**20},
             "default": {"max_model_len": 2048, "kv_cache_memory_bytes": 1024 * 2**20}}

@@ -19,20 +19,13 @@ Writes `bench/results/screening.json` and prints a summary.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-             "LITELLM_LOCAL_MODEL_COST_MAP": "True", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-             "VLLM_LOGGING_LEVEL": "ERROR"}.items():
-    os.environ.setdefault(k, v)
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import ROOT  # first: the offline environment and the import path
 
 from icl_search.io import write_json
 from icl_search.judge.distill import MANIFEST, distill, reference_records, split_by_query

@@ -41,18 +41,11 @@ import gc
 import os
 import platform
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-             "LITELLM_LOCAL_MODEL_COST_MAP": "True", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-             "VLLM_LOGGING_LEVEL": "ERROR"}.items():
-    os.environ.setdefault(k, v)
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import POOLS, RESULTS  # first: the offline environment and the import path
 
 import optuna
 
@@ -66,8 +59,6 @@ from icl_search.pool import Pool
 from icl_search.study import Evaluator, TrialEvaluation, TrialSpec, build_evaluator, load_config
 from icl_search.study.space import baseline_params, suggest, system_choices
 
-RESULTS = ROOT / "bench" / "results"
-POOLS = ROOT / "pools"
 SETTINGS = {"tiny": {"max_model_len": 4096, "kv_cache_memory_bytes": 256 * 2**20},
             "default": {"max_model_len": 4096, "kv_cache_memory_bytes": 1024 * 2**20}}
 

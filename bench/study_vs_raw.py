@@ -27,22 +27,12 @@ query embeddings) is common to both and not timed. Prints a table and writes
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-             "LITELLM_LOCAL_MODEL_COST_MAP": "True", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-             "VLLM_LOGGING_LEVEL": "ERROR"}.items():
-    os.environ.setdefault(k, v)
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import RESULTS, load_avg, machine, sibling  # first: offline env, import path
 
 from icl_search.engines.vllm import VLLMEngine
 from icl_search.io import write_json
@@ -50,17 +40,7 @@ from icl_search.judge import ItemJudgement, JudgeResult
 from icl_search.pool import Pool
 from icl_search.study import build_evaluator, load_config
 
-
-def _load_study_bench():
-    # bench/ is not a package: reuse bench/study.py's config writer and trial draws.
-    spec = importlib.util.spec_from_file_location("bench_study", Path(__file__).with_name("study.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_sb = _load_study_bench()
-RESULTS = ROOT / "bench" / "results"
+_sb = sibling("study")  # its config writer and trial draws
 
 
 class NoJudge:
@@ -146,7 +126,7 @@ def main() -> None:
 
     rounds = []
     for i in range(args.rounds):
-        row: dict = {"load_avg_1m": round(os.getloadavg()[0], 2)}
+        row: dict = {"load_avg_1m": load_avg()}
         # The raw side needs the study's prompts: on even rounds the study goes first and
         # hands them over; on odd rounds the raw side reuses the previous round's (the
         # prompts are the same every round: same specs, queries and pool).
@@ -186,8 +166,7 @@ def main() -> None:
         "ratio_median_of_rounds": statistics.median(r["ratio"] for r in rounds),
         "completion_tokens_equal": agg["study"]["completion_tokens"]
         == agg["raw"]["completion_tokens"],
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "machine": machine(),
     }
     res["target_at_least_0.90"] = res["ratio_tokens_per_s"] >= 0.90
     write_json(out_path, res)
