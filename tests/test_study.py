@@ -458,6 +458,9 @@ def test_read_only_commands_never_create_a_study(tmp_path, tiny_model_dir):
     ("mysql://root:hunter2@127.0.0.1:1/optuna",
      "cannot open the study storage mysql://127.0.0.1:1/optuna: "),
     ("not a url", "cannot open the study storage not a url: ArgumentError"),
+    # a one-letter password is removed as a token, not from every word that holds the letter
+    ("postgresql://u:p@127.0.0.1:1/x",
+     "cannot open the study storage postgresql://127.0.0.1:1/x: OperationalError: (psycopg"),
 ])
 def test_a_storage_that_cannot_open_is_one_message_before_any_model_loads(
         tmp_path, tiny_model_dir, url, message):
@@ -465,7 +468,7 @@ def test_a_storage_that_cannot_open_is_one_message_before_any_model_loads(
     for cmd in ("run", "validate"):
         r = runner.invoke(app, ["study", cmd, str(path), "--storage", url])
         assert r.exit_code == 2, r.output
-        assert message in r.output and "hunter2" not in r.output
+        assert message in r.output and "hunter2" not in r.output and "u:p@" not in r.output
         assert "Traceback" not in r.output and "loading the base model" not in r.output
     assert not list(tmp_path.glob("*.db"))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import warnings
 from collections.abc import Iterator
@@ -44,9 +45,10 @@ def _storage_error(url: str, exc: BaseException) -> StudyError:
         secret = urlsplit(url).password
     except ValueError:
         secret = None
-    if secret:
-        first = first.replace(secret, "***")
     first = first.replace(url, redact(url))
+    if secret:
+        # As a whole token only: a short password ("p") must not mangle every word it is in.
+        first = re.sub(rf"(?<![\w]){re.escape(secret)}(?![\w])", "***", first)
     return StudyError(f"cannot open the study storage {redact(url)}: "
                       f"{type(exc).__name__}: {first}")
 
