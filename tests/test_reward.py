@@ -171,7 +171,9 @@ def test_cli_prepare_and_preference_calibration(data, home, monkeypatch, tmp_pat
     assert res.exit_code == 2 and "tatsu-lab/alpaca_eval" in res.output
     res = runner.invoke(app, ["judge", "prepare", "--data", str(data)])
     assert res.exit_code == 0, res.output
-    folder = Path(res.stdout.strip().splitlines()[-1])
+    spec = res.stdout.strip().splitlines()[-1]
+    assert spec.startswith("reward:")
+    folder = Path(spec.removeprefix("reward:"))
     assert prepare.is_complete(folder)
     out = tmp_path / "cal.json"
     monkeypatch.setenv("ICL_SEARCH_DATA", str(data))
@@ -184,3 +186,28 @@ def test_cli_prepare_and_preference_calibration(data, home, monkeypatch, tmp_pat
     assert fig["longer_all"] is not None and fig["null_rank"] in range(1, 6)
     assert "agree (matched)" in res.output
     assert os.path.exists(folder / prepare.MARKER)
+
+
+def test_cli_prepare_recipe_overrides(data, home, monkeypatch):
+    from icl_search.judge import prepare
+
+    monkeypatch.setattr(prepare, "DEFAULT_RECIPE", TINY)
+    for bad, named in (("nosuch=1", "nosuch"), ("steps=1.5", "steps"), ("steps=0", "steps"),
+                       ("length_covariate=maybe", "length_covariate"), ("seed", "FIELD=VALUE")):
+        res = runner.invoke(app, ["judge", "prepare", "--data", str(data), "--set", bad])
+        assert res.exit_code == 2 and named in res.output, (bad, res.output)
+    assert not (home / "judges").exists() or not any((home / "judges").glob("reward-*/"))
+    args = ["judge", "prepare", "--data", str(data), "--set", "seed=1",
+            "--set", "length_covariate=false"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    folder = Path(res.stdout.strip().splitlines()[-1].removeprefix("reward:"))
+    recipe = json.loads((folder / prepare.MANIFEST).read_text())["recipe"]
+    assert recipe["seed"] == 1 and recipe["length_covariate"] is False
+    assert recipe["steps"] == TINY.steps  # the other fields stay the shipped recipe's
+    assert folder != prepare.prepare_default(data, progress=False, say=lambda m: None)
+    again = runner.invoke(app, args)  # the same overrides: the same folder, not retrained
+    assert again.exit_code == 0 and again.stdout.strip().endswith(str(folder))
+    assert "preparing" not in again.output
+    assert make_judge(f"reward:{folder}").score(
+        [JudgeItem(id="a", query="How do I do task number 1?", response="no idea")]).items

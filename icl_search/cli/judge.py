@@ -62,19 +62,29 @@ def prepare_cmd(
                                      "../shared/data beside the repository)."),
     force: bool = typer.Option(False, "--force", help="Train again even if prepared."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
+    overrides: list[str] = typer.Option([], "--set", metavar="FIELD=VALUE", help="Override "
+                                        "one field of the shipped recipe (repeatable), e.g. "
+                                        "--set seed=1 --set length_covariate=false. Fields: "
+                                        "base, max_length, query_tokens, tail_share, "
+                                        "group_size, steps, learning_rate, freeze_layers, "
+                                        "length_covariate, safety_share, pair_margin, seed. "
+                                        "Another recipe is another folder (its key)."),
 ) -> None:
     """Prepare the default judge (`--judge default`): train the reward judge once from the
     reference data (about 10-15 minutes on 2 cores) into $ICL_SEARCH_HOME/judges/; a no-op when
-    it is already prepared. Prints the folder."""
+    it is already prepared. Prints its judge spec, `reward:DIR` (with --set: the spec of that
+    recipe's judge; `--judge default` stays the shipped recipe)."""
     from icl_search.errors import IclSearchError
-    from icl_search.judge.prepare import prepare_default
+    from icl_search.judge.prepare import DEFAULT_RECIPE, prepare_default
+    from icl_search.judge.reward import recipe_with
 
     try:
-        path = prepare_default(data, force=force, threads=threads,
+        recipe = recipe_with(overrides, DEFAULT_RECIPE)
+        path = prepare_default(data, recipe=recipe, force=force, threads=threads,
                                say=lambda m: err.print(m, highlight=False))
     except IclSearchError as exc:
         fail(str(exc))
-    typer.echo(str(path))
+    typer.echo(f"reward:{path}")
 
 
 def _check_spec(spec: str) -> None:

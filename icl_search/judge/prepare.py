@@ -125,11 +125,14 @@ def prepare_default(data: str | os.PathLike | None = None, *, recipe: Recipe | N
             return target
         if target.exists():
             say(f"{target}: incomplete or damaged judge folder; training it again")
-        say(f"preparing the default judge from {root} (once; cached in {target}) ...")
+        what = "the default judge" if recipe == DEFAULT_RECIPE else "a reward judge " + \
+            ", ".join(f"{k}={v}" for k, v in recipe.to_dict().items()
+                      if v != DEFAULT_RECIPE.to_dict()[k])
+        say(f"preparing {what} from {root} (once; cached in {target}) ...")
         # Under the lock no one else writes this judge: any partial folder is a killed run's.
         with atomic_folder(target) as tmp:
             _train_into(tmp, root, files, key, recipe, progress, threads, say)
-        say(f"prepared the default judge -> {target}")
+        say(f"prepared {what} -> {target}")
     return target
 
 

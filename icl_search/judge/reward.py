@@ -24,10 +24,11 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from icl_search.errors import IclSearchError
 from icl_search.judge.alpaca import NULL_MODEL, Group
 
 QUALITY, SAFETY_HEAD = 0, 1
@@ -52,6 +53,47 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class RecipeError(IclSearchError):
+    """A recipe override (`judge prepare --set FIELD=VALUE`) names no field or a bad value."""
+
+
+#: Inclusive bounds a value must keep (None: unbounded on that side).
+_BOUNDS = {"max_length": (16, 512), "query_tokens": (1, None), "tail_share": (0.0, 1.0),
+           "group_size": (2, None), "steps": (1, None), "learning_rate": (0.0, None),
+           "freeze_layers": (0, None), "safety_share": (0.0, 1.0), "pair_margin": (0.0, None)}
+
+
+def recipe_with(overrides: Sequence[str], base: Recipe = Recipe()) -> Recipe:
+    """`base` with `FIELD=VALUE` overrides applied, each value parsed as its field's type
+    (pydantic's lax parsing: `true`/`false` for booleans). One RecipeError naming the field."""
+    from pydantic import TypeAdapter, ValidationError
+
+    names = [f.name for f in fields(Recipe)]
+    values: dict[str, str] = {}
+    for item in overrides:
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise RecipeError(f"--set {item!r}: expected FIELD=VALUE; recipe fields: "
+                              f"{', '.join(names)}")
+        if name not in names:
+            raise RecipeError(f"--set {item!r}: unknown recipe field {name!r}; recipe fields: "
+                              f"{', '.join(names)}")
+        values[name] = raw.strip()
+    try:
+        recipe = TypeAdapter(Recipe).validate_python({**base.to_dict(), **values})
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        name = str(e["loc"][0]) if e["loc"] else "?"
+        raise RecipeError(f"--set {name}={values.get(name, '')!r}: {e['msg']}") from None
+    for name, (lo, hi) in _BOUNDS.items():
+        v = getattr(recipe, name)
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            want = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+            raise RecipeError(f"--set {name}={values.get(name, v)!r}: must be {want}")
+    return recipe
 
 
 def base_model_path(name: str) -> str:
