@@ -271,3 +271,46 @@ def test_killed_confirmation_resumes_without_repaying(tmp_path, tiny_model_dir, 
     assert confirm(open_study(cfg), cfg, build_evaluator(
         cfg, engine=tiny_engine, say=lambda m: None)).evaluated == 0
     assert tiny_engine.stats.prompts == calls
+
+
+# -- verdict and bad input -------------------------------------------------------------------
+def _gain(diffs):
+    from icl_search.study.confirm import paired_gain
+
+    a = {f"q{i}": d for i, d in enumerate(diffs)}
+    return paired_gain(a, {q: 0.0 for q in a}, "baseline")
+
+
+def test_significant_needs_both_the_interval_and_the_p_value_and_says_which_disagreed():
+    # every query better, but n=5: the interval excludes 0 while the exact Wilcoxon p is 0.0625
+    g = _gain([0.5, 0.6, 0.7, 0.8, 0.9])
+    assert g.low > 0 and g.p_value > 0.05
+    assert not g.significant
+    assert g.verdict == "not significant (the interval excludes 0 but Wilcoxon p=0.062)"
+    # 15 small wins and one large loss: the ranks say "better", the mean's interval spans 0
+    g = _gain([1.0] * 15 + [-30.0])
+    assert g.p_value < 0.05 and g.low < 0 < g.high
+    assert not g.significant and g.verdict.startswith("not significant (Wilcoxon p=0.003 but "
+                                                      "the interval includes 0)")
+    # both agree: significant, and the report dict carries the verdict
+    g = _gain([0.5, 1, 1.5, 0.5, 1, 2, 1, 0.5, 1, 1.5, 2, 1])
+    assert g.significant and g.verdict == "significant"
+    assert g.report()["significant"] is True and g.report()["verdict"] == "significant"
+    g = _gain([-x for x in [0.5, 1, 1.5, 0.5, 1, 2, 1, 0.5, 1, 1.5, 2, 1]])
+    assert g.significant and g.verdict == "significantly worse"
+    assert "verdict" not in g.to_dict()  # the bundle's ConfirmGain fields stay as they are
+
+
+def test_confirm_on_a_study_that_does_not_exist_creates_nothing(tmp_path, tiny_model_dir):
+    db = tmp_path / "studies.db"
+    path = _confirm_config(tmp_path, tiny_model_dir, "ghost",
+                           optuna=f'storage = "sqlite:///{db}"')
+    r = runner.invoke(app, ["study", "confirm", str(path)])
+    assert r.exit_code == 2 and r.output.count("error:") == 1
+    assert "study run" in r.output and not db.exists()  # no storage file made
+    # a storage that holds another study: named, and still no "ghost" study in it
+    optuna.create_study(study_name="other", storage=f"sqlite:///{db}")
+    r = runner.invoke(app, ["study", "confirm", str(path)])
+    assert r.exit_code == 2 and r.output.count("error:") == 1
+    assert "no study named 'ghost'" in r.output and "other" in r.output
+    assert optuna.get_all_study_names(f"sqlite:///{db}") == ["other"]

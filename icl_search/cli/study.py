@@ -148,14 +148,17 @@ def confirm_cmd(
     saw): confirm score, gain over each baseline with a 95% bootstrap interval and a Wilcoxon
     p-value, shrinkage. Results are stored in the study: a rerun pays only for what is missing."""
     from icl_search.errors import IclSearchError
-    from icl_search.study import build_evaluator, open_study
+    from icl_search.study import build_evaluator, load_study
     from icl_search.study.confirm import ConfirmError, confirm, table_lines
 
     cfg = _config(config, **{"optuna.storage": storage})
     if not cfg.eval.has_confirm:
         fail(f"{cfg.source}: no confirm set: add eval.confirm (a query file) or "
              "eval.confirm_fraction to the [eval] section")
-    study = open_study(cfg, storage)
+    try:  # confirms an existing study: never creates a storage or an empty study
+        study = load_study(cfg, storage)
+    except IclSearchError as exc:
+        fail(f"{exc} (run `icl-search study run {config}` first)")
     if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
         fail(f"study {cfg.name} has no finished trial yet: run `icl-search study run {config}`")
     say = lambda m: err.print(m, highlight=False)  # noqa: E731

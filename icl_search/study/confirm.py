@@ -8,8 +8,9 @@ interval), the paired per-query difference against each baseline (95% bootstrap 
 scipy.stats.bootstrap BCa, and a two-sided Wilcoxon signed-rank p-value, scipy.stats.wilcoxon),
 and the shrinkage: the same per-query mean on the search split minus the confirm score.
 
-Storage: every candidate's per-query scores go into the study's user attrs as soon as that
-candidate is evaluated, keyed by the confirm set, judge and decoding (a fingerprint) and the
+Storage: every candidate's per-query scores go into the study's user attrs as soon as its
+group is evaluated (the trials and the project's baseline share engine batches; the URIAL file
+is a group of its own), keyed by the confirm set, judge and decoding (a fingerprint) and the
 context's spec, so the stage resumes after a kill, every worker sees the results, and nothing is
 evaluated twice (identical contexts in several trials share one entry). The statistics are
 recomputed from the stored scores whenever they are read (fixed bootstrap seed).
@@ -35,6 +36,8 @@ from icl_search.study.space import TrialSpec, baseline_params
 
 CONFIRM_ATTR = "confirm"
 TEST = "Wilcoxon signed-rank, two-sided"
+#: A gain is significant only when the 95% interval excludes 0 *and* p < ALPHA.
+ALPHA = 0.05
 BASELINE = "baseline"
 
 
@@ -80,13 +83,46 @@ class Gain:
     test: str = TEST
 
     @property
+    def _interval_excludes_zero(self) -> bool:
+        return self.low is not None and self.high is not None and (self.low > 0 or self.high < 0)
+
+    @property
+    def _p_below(self) -> bool:
+        return self.p_value is not None and self.p_value < ALPHA
+
+    @property
     def significant(self) -> bool:
-        return self.low is not None and (self.low > 0 or (self.high or 0) < 0)
+        """Both tests agree: the 95% interval excludes 0 and the Wilcoxon p is below 0.05.
+        (At n of 10-40 the bootstrap interval and the rank test can disagree; one alone is
+        not called significant.)"""
+        return self._interval_excludes_zero and self._p_below
+
+    @property
+    def disagreement(self) -> str | None:
+        """Which of the two tests alone saw a difference (None when they agree)."""
+        if self._interval_excludes_zero and not self._p_below:
+            return f"the interval excludes 0 but Wilcoxon p={_f(self.p_value)}"
+        if self._p_below and not self._interval_excludes_zero:
+            return f"Wilcoxon p={_f(self.p_value)} but the interval includes 0"
+        return None
+
+    @property
+    def verdict(self) -> str:
+        """'significant', 'significantly worse' or 'not significant (...)', naming the test
+        that disagreed."""
+        if self.significant:
+            return "significant" if (self.mean or 0) > 0 else "significantly worse"
+        why = self.disagreement
+        return "not significant" + (f" ({why})" if why else "")
 
     def to_dict(self) -> dict[str, Any]:
         return {"baseline": self.baseline, "mean": self.mean,
                 "interval": None if self.low is None else [self.low, self.high],
                 "p_value": self.p_value, "n": self.n, "test": self.test}
+
+    def report(self) -> dict[str, Any]:
+        """`to_dict` (the bundle's `ConfirmGain` fields) plus the verdict of both tests."""
+        return {**self.to_dict(), "significant": self.significant, "verdict": self.verdict}
 
 
 def paired_gain(a: dict[str, float | None], b: dict[str, float | None], name: str) -> Gain:
@@ -188,10 +224,8 @@ class Summary:
                     f"export is the baseline (confirm score {_f(best.confirm)}).")
         parts = []
         for g in best.gains:
-            verdict = ("significant" if g.significant and (g.mean or 0) > 0 else
-                       "significantly worse" if g.significant else "not significant")
             parts.append(f"{_s(g.mean)} over {g.baseline} (95% CI {_s(g.low)} to {_s(g.high)}, "
-                         f"n={g.n}, Wilcoxon p={_f(g.p_value)}: {verdict})")
+                         f"n={g.n}, Wilcoxon p={_f(g.p_value)}: {g.verdict})")
         return (f"{best.label.capitalize()} is the confirmed best (confirm score "
                 f"{_f(best.confirm)}): " + "; ".join(parts) + ".")
 
@@ -199,7 +233,7 @@ class Summary:
         return {"n_queries": self.n_queries, "judge": self.judge,
                 "rows": [{"label": r.label, "role": r.role, "trial": r.trial, "search": r.search,
                           "confirm": r.confirm, "interval": [r.low, r.high], "n": r.n,
-                          "shrinkage": r.shrinkage, "gains": [g.to_dict() for g in r.gains]}
+                          "shrinkage": r.shrinkage, "gains": [g.report() for g in r.gains]}
                          for r in self.rows],
                 "best": self.best.label if self.best else None,
                 "beat_baseline": self.beat_baseline, "sentence": self.sentence()}
@@ -305,22 +339,33 @@ def confirm(study: optuna.Study, cfg: StudyConfig, evaluator, *, top: int | None
     chunk = max(1, cfg.optuna.chunk_size)
     evaluated = 0
     stats = {"prompts": 0, "generated": 0, "gen_cached": 0, "judged": 0, "judge_cached": 0}
+    missing = []
     for c in cands:
-        attr = _entry_attr(fp, c.key)
-        if attr in study.user_attrs:
+        if _entry_attr(fp, c.key) in study.user_attrs:
             say(f"confirm {c.label}: stored")
+        else:
+            missing.append(c)
+    # The candidates that share an evaluator go through the engine together (one batch per
+    # chunk, as `batch_trials` does for trials): the decode steps, not the prompts, are what a
+    # CPU pays for. Each group is stored as soon as it is done.
+    for ev, group in ((conf, [c for c in missing if c.role != "urial"]),
+                      (urial_ev, [c for c in missing if c.role == "urial"])):
+        if not group:
             continue
-        ev = urial_ev if c.role == "urial" else conf
-        records = []
+        records: list[list] = [[] for _ in group]
+        names = ", ".join(c.label for c in group)
         for start in range(0, len(positions), chunk):
-            (rows,) = ev.evaluate([c.spec], positions[start:start + chunk], keep_prompts=False)
-            records.extend(rows)
-            say(f"confirm {c.label}: {len(records)}/{len(positions)} queries")
-        study.set_user_attr(attr, {
-            "spec": c.spec.to_dict(),
-            "per_query": {r.query_id: (r.judgement.overall if r.judgement else None)
-                          for r in records}})
-        evaluated += 1
+            rows = ev.evaluate([c.spec for c in group], positions[start:start + chunk],
+                               keep_prompts=False)
+            for acc, r in zip(records, rows):
+                acc.extend(r)
+            say(f"confirm {names}: {len(records[0])}/{len(positions)} queries")
+        for c, recs in zip(group, records):
+            study.set_user_attr(_entry_attr(fp, c.key), {
+                "spec": c.spec.to_dict(),
+                "per_query": {r.query_id: (r.judgement.overall if r.judgement else None)
+                              for r in recs}})
+            evaluated += 1
     for e in (conf, urial_ev):
         for k in stats:
             stats[k] += getattr(e.stats, k) if e is not None else 0
