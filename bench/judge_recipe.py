@@ -7,6 +7,8 @@ table and writes bench/results/judge_recipe.json (variants are appended, so runs
 
     nice -n 10 .venv/bin/python bench/judge_recipe.py --variant base
     nice -n 10 .venv/bin/python bench/judge_recipe.py --variant short96 --set max_length=96
+    nice -n 10 .venv/bin/python bench/judge_recipe.py --variant pairs --set group_size=2 \
+        --checkpoints 400,800,1200        # plain pairs: the same 2,400 forward passes
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from icl_search.io import write_json
 from icl_search.judge.alpaca import load_alpaca, load_lc_winrate, load_safety, split_ids
 from icl_search.judge.metrics import preference_figures, safety_auc
 from icl_search.judge.prepare import SPLIT_SEED, TEST_FRACTION
-from icl_search.judge.reward import Recipe, predict, train_reward
+from icl_search.judge.reward import RecipeError, predict, recipe_with, train_reward
 
 OUT = Path(__file__).parent / "results" / "judge_recipe.json"
 
@@ -39,11 +42,10 @@ def main() -> None:
     ap.add_argument("--eval-safety", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    recipe = Recipe()
-    for kv in args.set:
-        k, _, v = kv.partition("=")
-        cur = getattr(recipe, k)
-        recipe = replace(recipe, **{k: type(cur)(v == "True" if isinstance(cur, bool) else v)})
+    try:  # the same parsing and checks as `icl-search judge prepare --set`
+        recipe = recipe_with(args.set)
+    except RecipeError as exc:
+        sys.exit(str(exc))
     checkpoints = {int(c) for c in args.checkpoints.split(",")}
     recipe = replace(recipe, steps=max(checkpoints))
     alpaca, safety = load_alpaca(), load_safety()
@@ -89,7 +91,7 @@ def main() -> None:
     prior = json.loads(OUT.read_text()) if OUT.exists() else {"variants": []}
     prior["variants"] = [v for v in prior["variants"] if v["variant"] != args.variant]
     prior["variants"].append(result)
-    OUT.write_text(json.dumps(prior, indent=2) + "\n")
+    write_json(OUT, prior)
     print(f"{'variant':<14} {'step':>5} {'train s':>8} {'matched':>8} {'all':>6} "
           f"{'safety':>7} {'items/s':>8} {'load':>5}")
     for v in prior["variants"]:
