@@ -94,14 +94,34 @@ def prepare_distilled(target: Path, data: Path) -> Path:
     return target
 
 
+def distilled_overlap(data: Path, queries: int | None, safety_queries: int | None) -> dict:
+    """How many of the held-out queries scored the old recipe trained on: it draws its own
+    split (`judge distill`'s 20% by query, seed 0) over all just-eval records, and just-eval
+    includes AlpacaEval instructions, so its figures are partly on queries it saw (with other
+    answers and another judge's scores)."""
+    from icl_search.judge.distill import split_by_query
+    from icl_search.judge.prepare import split_groups
+    from icl_search.judge.records import reference_records
+
+    records = reference_records(data / "just-eval" / "judgements" / "reference.dev.jsonl")
+    train, _ = split_by_query(records, 0.2, 0)
+    seen = {r.query.strip() for r in train}
+    _, held_a, held_s = split_groups(data)
+    held_a = held_a[:queries] if queries else held_a
+    held_s = held_s[:safety_queries] if safety_queries else held_s
+    return {"alpaca": sum(g.query.strip() in seen for g in held_a),
+            "safety": sum(g.query.strip() in seen for g in held_s)}
+
+
 #: Ablation judges by name: the shipped recipe with these `judge prepare --set` overrides.
 #: `no-length` is also bench/alignment.py's independent judge (same recipe, same folder).
 ABLATIONS = {"no-length": ["seed=1", "length_covariate=false"]}
 
 
-def spec_for(name: str, args, timing: dict) -> str:
+def spec_for(name: str, args, timing: dict, sample: tuple[int | None, int | None]) -> str:
     """The judge spec of a bench name, preparing what it needs first (its wall time and the
-    load around it go into `timing`: the cost of a recipe, not of scoring)."""
+    load around it go into `timing`: the cost of a recipe, not of scoring). `sample`: the
+    (queries, safety queries) the row scores."""
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
     if name == "smollm2":
         spec = f"logprob:vllm:{prepare_smollm2(args.smollm2_dir)}"
@@ -110,6 +130,7 @@ def spec_for(name: str, args, timing: dict) -> str:
         spec = f"distilled:{prepare_distilled(args.distilled_dir, args.data)}"
         if not ready:
             timing["prepare_seconds"] = round(time.perf_counter() - t0, 1)
+        timing["held_out_queries_trained_on"] = distilled_overlap(args.data, *sample)
     elif name in ABLATIONS:
         from icl_search.judge.prepare import DEFAULT_RECIPE, prepare_default
         from icl_search.judge.reward import recipe_with
@@ -147,7 +168,7 @@ def run(name: str, args, queries: int | None, safety_queries: int | None) -> dic
     if name == "longer":
         return longer_row(args.data, queries, safety_queries)
     timing: dict = {}
-    spec = spec_for(name, args, timing)
+    spec = spec_for(name, args, timing, (queries, safety_queries))
     t0 = time.perf_counter()
     judge = make_judge(spec, data=args.data) if spec.startswith(("default", "reward")) \
         else make_judge(spec, **({"max_model_len": 4096} if spec.startswith("logprob") else {}))
