@@ -309,6 +309,36 @@ def reward_dir(spec: str) -> Path | None:
     return None
 
 
+def known_split(spec: str) -> tuple[Path | None, dict | None]:
+    """(folder, manifest) of a reward judge without waiting for its training: a judge another
+    process is training now (issue 13 trains the ablation) has no folder yet, and its manifest
+    is stood in for by the split `split_groups` draws (it depends on the data only, not on the
+    recipe); step 4 checks the real manifest against it. (None, None): not a reward judge."""
+    from icl_search.judge.prepare import (
+        data_manifest,
+        is_complete,
+        judge_key,
+        judges_dir,
+        load_reward_manifest,
+        split_groups,
+    )
+    from icl_search.judge.reward import Recipe
+
+    if spec in ("default", "reward:default", "ablation"):
+        recipe = Recipe(**ABLATION) if spec == "ablation" else Recipe()
+        folder = judges_dir() / f"reward-{judge_key(data_manifest(DATA), recipe)}"
+        if not is_complete(folder):
+            _, held_a, held_s = split_groups(DATA)
+            return None, {"recipe": recipe.to_dict(), "split": {
+                "held_out_alpaca_ids": sorted(g.id for g in held_a),
+                "held_out_safety_ids": sorted(g.id for g in held_s)}, "pending": True}
+    else:
+        folder = reward_dir(spec)
+        if folder is None:
+            return None, None
+    return folder, load_reward_manifest(folder)[0]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trials", type=int, default=12, help="study trials (default 12)")
@@ -359,26 +389,28 @@ def main() -> int:
     if args.extra_judge != "none":
         judge_specs["gemma_logprob" if args.extra_judge == "logprob:vllm:default"
                     else "extra_judge"] = args.extra_judge
-    print("preparing the reward judges (their held-out split decides the queries) ...",
+    print("reading the reward judges' held-out splits (they decide the queries) ...",
           flush=True)
-    dirs = {name: reward_dir(spec) for name, spec in judge_specs.items()}
-    manifests = {name: load_reward_manifest(d)[0] for name, d in dirs.items() if d is not None}
+    known = {name: known_split(spec) for name, spec in judge_specs.items()}
+    dirs = {name: d for name, (d, _) in known.items()}
+    manifests = {name: m for name, (_, m) in known.items() if m is not None}
     excl_ids, excl_texts = judge_training(list(manifests.values()))
     splits, split_info = draw_queries(n, args.safety_share, excl_ids, excl_texts)
-    split_info["judges"] = {name: {"dir": str(dirs[name]), "recipe": m["recipe"],
+    split_info["judges"] = {name: {"dir": str(dirs[name]) if dirs[name] else
+                                   "being trained (split from split_groups)",
+                                   "recipe": m["recipe"],
                                    "held_out": {k: len(v) for k, v in m["split"].items()
                                                 if isinstance(v, list)}}
                             for name, m in manifests.items()}
-    split_info["same_split"] = len({json.dumps(m["split"], sort_keys=True)
+    split_info["same_split"] = len({json.dumps([sorted(m["split"]["held_out_alpaca_ids"]),
+                                                sorted(m["split"]["held_out_safety_ids"])])
                                     for m in manifests.values()}) <= 1
     for split, rows in splits.items():
         write_queries(work / f"{split}.jsonl", rows)
     test_file = args.test or work / "test.jsonl"
     bundle_path = args.bundle or work / "bundle.json"
     result: dict = {"load": os.getloadavg(), "cores": os.cpu_count(),
-                    "splits": split_info if args.test is None else
-                    {"file": str(test_file), "note": "a user's test file: its overlap with "
-                     "the judges' training data is not checked"}}
+                    "splits": split_info if args.test is None else {"file": str(test_file)}}
     engine = judge = None
     if args.bundle is None and not (args.test and bundle_path.exists()):
         print(f"[1/4] study: {args.trials} trials on {n['search']} search queries, confirm on "
@@ -405,9 +437,14 @@ def main() -> int:
     if judge is None:
         judge = make_judge(args.judge, cache=Cache(work / "cache.sqlite3"))
     queries = load_queries(test_file)
+    leaked = sorted(q.id for q in queries if q.id in excl_ids or _norm(q.query) in excl_texts)
     if args.test is None:  # the code's own check of what draw_queries promised
-        test_ids = {q.id for q in queries}
-        assert not test_ids & excl_ids and not {_norm(q.query) for q in queries} & excl_texts
+        assert not leaked, f"test split holds judge-training queries: {leaked}"
+    else:  # a user's file is measured as given; how much of it the judges trained on is said
+        result["splits"]["judge_training_overlap"] = {"n": len(leaked), "ids": leaked}
+        if leaked:
+            print(f"  note: {len(leaked)} of {len(queries)} test queries are judge-training "
+                  "queries (same id or text); their scores flatter the judges", flush=True)
     print(f"[3/4] answer {len(queries)} test queries: bundle, URIAL inst_1k, zero-shot",
           flush=True)
     t0 = time.time()
@@ -417,6 +454,16 @@ def main() -> int:
     raw = engine.engine if hasattr(engine, "engine") else engine
     judges = {"study_judge": judge}
     for name, spec in judge_specs.items():
+        if name in manifests and dirs[name] is None:  # trained meanwhile (or now, waiting)
+            print(f"  preparing the {name} ({spec}) ...", flush=True)
+            dirs[name] = reward_dir(spec)
+            real = load_reward_manifest(dirs[name])[0]["split"]
+            used = manifests[name]["split"]
+            same = all(sorted(real[k]) == sorted(used[k])
+                       for k in ("held_out_alpaca_ids", "held_out_safety_ids"))
+            rec = result["splits"].setdefault("judges", {}).setdefault(name, {})
+            rec.update(dir=str(dirs[name]), manifest_split_matches=same)
+            assert same, f"{dirs[name]}: its held-out split differs from the one the splits used"
         if name == "study_judge":
             continue
         shared = spec.endswith(":vllm:default") and args.engine == "vllm:default"
