@@ -9,8 +9,9 @@ the request path. The icl-search server starts with an empty embedding cache (it
 embedding is a cache hit. vLLM's server gets the prompts icl-search renders, already rendered
 (`Bundle.prepare` with the same token budget the server applies), through `/v1/completions`
 with the same stop strings; icl-search gets the bare query through its `/v1/completions`.
-Both engines use the same settings (`engine_args`: eager mode and a 512 MiB KV cache on CPU,
-prefix caching on, the same context window). Every request's prompt token count must agree
+Both servers get the same engine flags (`engine_flags`: the context window, seed 0, prefix
+caching, and on CPU eager mode and a 512 MiB KV cache, on GPU 0.4 of its memory each), through
+`icl-search serve`'s own flags and `--engine-arg`, as `vllm serve` flags. Every request's prompt token count must agree
 between the two servers: that is checked and reported (`prompt_tokens_agree`).
 
 Load: N client threads (the official `openai` client, streaming) drain the requests; the
@@ -107,11 +108,42 @@ def wait_healthy(proc: subprocess.Popen, url: str, log: Path) -> None:
         time.sleep(0.5)
 
 
+def engine_flags(max_model_len: int) -> list[str]:
+    """The engine flags both servers get (vLLM's spelling; `icl-search serve` has the same
+    flags, and takes the rest as `--engine-arg`)."""
+    from icl_search.engines.vllm import _has_gpu
+
+    flags = ["--max-model-len", str(max_model_len), "--seed", "0", "--enable-prefix-caching"]
+    if not _has_gpu():
+        return flags + ["--enforce-eager", "--kv-cache-memory-bytes",
+                        str(DEFAULT_CPU_KV_CACHE_BYTES)]
+    return flags + ["--gpu-memory-utilization", "0.4"]  # two servers share the GPU
+
+
+def as_serve_flags(flags: list[str]) -> list[str]:
+    """vLLM flags -> `icl-search serve` flags: its own where it has one, else --engine-arg."""
+    own = {"--max-model-len", "--enforce-eager", "--kv-cache-memory-bytes",
+           "--gpu-memory-utilization"}
+    out: list[str] = []
+    i = 0
+    while i < len(flags):
+        flag = flags[i]
+        has_value = i + 1 < len(flags) and not flags[i + 1].startswith("--")
+        value = flags[i + 1] if has_value else "true"
+        if flag in own:
+            out += [flag] + ([value] if has_value else [])
+        else:
+            out += ["--engine-arg", f"{flag[2:].replace('-', '_')}={value}"]
+        i += 2 if has_value else 1
+    return out
+
+
 def start_icl(bundle: Path, model: str, port: int, max_model_len: int, home: Path,
               log: Path) -> tuple[subprocess.Popen, float]:
     cmd = [sys.executable, "-c", "from icl_search.cli import app; app()", "serve", str(bundle),
-           "--model", model, "--port", str(port), "--api-key", KEY, "--max-model-len",
-           str(max_model_len), "--served-model-name", "bench", "--log-level", "warning"]
+           "--model", model, "--port", str(port), "--api-key", KEY,
+           *as_serve_flags(engine_flags(max_model_len)),
+           "--served-model-name", "bench", "--log-level", "warning"]
     env = {**os.environ, "ICL_SEARCH_HOME": str(home)}  # an empty embedding cache
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
@@ -121,18 +153,10 @@ def start_icl(bundle: Path, model: str, port: int, max_model_len: int, home: Pat
 
 def start_vllm(model: str, port: int, max_model_len: int, log: Path
                ) -> tuple[subprocess.Popen, float]:
-    # The settings icl-search's engine_args() gives AsyncLLM on this host, as server flags.
-    from icl_search.engines.vllm import _has_gpu
-
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
            "--host", "127.0.0.1", "--port", str(port), "--api-key", KEY,
-           "--served-model-name", "bench", "--max-model-len", str(max_model_len),
-           "--seed", "0", "--disable-log-stats", "--enable-prefix-caching",
-           "--uvicorn-log-level", "warning"]
-    if not _has_gpu():
-        cmd += ["--enforce-eager", "--kv-cache-memory-bytes", str(DEFAULT_CPU_KV_CACHE_BYTES)]
-    else:
-        cmd += ["--gpu-memory-utilization", "0.4"]  # two servers share the GPU
+           "--served-model-name", "bench", *engine_flags(max_model_len),
+           "--disable-log-stats", "--uvicorn-log-level", "warning"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
     wait_healthy(proc, f"http://127.0.0.1:{port}/health", log)
@@ -297,6 +321,9 @@ def main() -> None:
                 rounds[name].append(run_load(servers[name][1],
                                              [(j, prompts[name][j]) for j in ids],
                                              args.clients, bodies[name]))
+        # How the icl-search server's prep batcher grouped the requests (warm-up included).
+        prep = httpx.get(servers["icl-search"][1].removesuffix("/v1") + "/health",
+                         timeout=30).json().get("prep")
     finally:
         for proc, _, _ in servers.values():
             proc.terminate()
@@ -329,6 +356,7 @@ def main() -> None:
                                     / max(1, len(both)), 1),
         "prompt_tokens_agree": f"{prompt_agree}/{len(both)}",
         "completion_tokens_agree": f"{tokens_agree}/{len(both)}",
+        "icl_prep_batches": prep,
         "load_avg_1m": {"min": round(min(loads), 2), "max": round(max(loads), 2)},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},
@@ -358,6 +386,7 @@ def main() -> None:
     print(f"icl-search / vLLM: throughput {r['requests_per_s']} (target >= 0.95), p50 latency "
           f"{r['latency_p50']} (target <= 1.10), TTFT p50 {r['ttft_p50']}; prompt tokens agree "
           f"{res['prompt_tokens_agree']}, completion tokens {res['completion_tokens_agree']}; "
+          f"icl-search prep batches {prep}; "
           f"load {res['load_avg_1m']['min']}-{res['load_avg_1m']['max']} on {os.cpu_count()} "
           f"cores")
     print(f"wrote {out_path}")

@@ -384,6 +384,50 @@ def test_concurrent_requests_all_succeed(client):
     assert all(isinstance(t, str) and f in ("stop", "length") for t, f in results)
 
 
+QUERIES = ["How can I sort words alphabetically?", "How do I bake bread at home?",
+           "What should I see in Kyoto in autumn?", "What is the derivative of sin x?",
+           "Write a haiku about rain.", "How do I reverse a string in Python?",
+           "Plan a weekend in Osaka.", "What is the integral of 2x?"]
+
+
+def _prep(server) -> dict[str, int]:
+    return httpx.get(f"{server}/health").json()["prep"]
+
+
+def test_requests_arriving_together_get_the_prompt_each_gets_alone(server, client, bundle):
+    """The prep batcher embeds the queries of requests that arrive together in one call: each
+    still gets exactly `bundle.render(query)` and its own examples."""
+    want = {q: bundle.render(q) for q in QUERIES}
+    ids = {q: ",".join(s.id for s in bundle.select(q)) for q in QUERIES}
+
+    def echo(q: str) -> tuple[str, str]:
+        raw = client.completions.with_raw_response.create(model="tiny-best", prompt=q,
+                                                          max_tokens=1, echo=True)
+        return raw.parse().choices[0].text, raw.headers["x-icl-examples"]
+
+    before = _prep(server)
+    alone = {q: echo(q) for q in QUERIES}
+    after = _prep(server)
+    # One request at a time: each is a batch of its own, started without waiting for others.
+    assert after["batches"] - before["batches"] == len(QUERIES)
+    assert after["jobs"] - before["jobs"] == len(QUERIES)
+    with ThreadPoolExecutor(len(QUERIES)) as pool:
+        together = dict(zip(QUERIES, pool.map(echo, QUERIES)))
+    for q in QUERIES:
+        assert alone[q][0].startswith(want[q]) and together[q][0].startswith(want[q])
+        assert alone[q][1] == together[q][1] == ids[q]
+    # The prompts of one request are submitted together: one batch, one encode call.
+    before = _prep(server)
+    many = client.completions.create(model="tiny-best", prompt=QUERIES, max_tokens=1,
+                                     echo=True)
+    after = _prep(server)
+    assert [c.text[:len(want[q])] for c, q in zip(many.choices, QUERIES)] == \
+        [want[q] for q in QUERIES]
+    assert (after["batches"] - before["batches"], after["jobs"] - before["jobs"]) == \
+        (1, len(QUERIES))
+    assert after["largest"] >= len(QUERIES)
+
+
 # -- streaming output cleaning -----------------------------------------------------------------
 PIECES = ["```", "``", "`", "\n", " ", "# Query", "# Que", "# Us", "#", "abc", "x y",
           "```python\n", "# User", "\n\n", "Answer"]
@@ -424,7 +468,10 @@ def test_serve_cli_starts_and_answers(bundle, tiny_model_dir, tmp_path):
     cmd = [sys.executable, "-c", "from icl_search.cli import app; app()", "serve",
            str(bundle.path), "--model", str(tiny_model_dir), "--port", str(port),
            "--max-model-len", "512", "--kv-cache-memory-bytes", str(TINY_KV_BYTES),
-           "--served-model-name", "cli-model", "--log-level", "warning", "--lock-context"]
+           "--served-model-name", "cli-model", "--log-level", "warning", "--lock-context",
+           # engine arguments as `vllm serve` takes them: its own flags, the rest by name
+           "--enforce-eager", "--engine-arg", "max_num_seqs=4",
+           "--engine-arg", "enable_prefix_caching=false"]
     env = {**os.environ, "ICL_SEARCH_API_KEY": KEY}
     with log.open("w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)

@@ -387,6 +387,7 @@ class Bundle(BaseModel):
         max_tokens: int | None = None,
         system_mode: SystemMode = "append",
         exclude_ids: Iterable[str] = (),
+        selected: Sequence[Selected] | None = None,
     ) -> Rendered:
         """The prompt for a query, optionally inside a conversation.
 
@@ -398,10 +399,13 @@ class Bundle(BaseModel):
         With a `budget`, examples are dropped from the front until the prompt plus
         `max_tokens` (default: the bundle's) fits; a conversation that still does not fit
         raises `ContextWindowError` (earlier turns are never dropped silently).
+
+        `selected`: the examples already chosen for `query` (`select`'s answer, e.g. from one
+        `selector().select_many` over a batch of queries); default: `select(query)`.
         """
         turns = list(turns)
         system_texts = self.system_text(system, system_mode)
-        examples = self.select(query, exclude_ids=exclude_ids)
+        examples = self.select(query, exclude_ids=exclude_ids) if selected is None else selected
         if budget is None:
             prompt = self.template.render_conversation(system_texts, examples, turns, query)
             return Rendered(prompt, examples, [], None, query)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -13,6 +14,9 @@ from rich.markup import escape
 
 from icl_search.cli import app
 from icl_search.cli import fail as _fail
+
+if TYPE_CHECKING:
+    from icl_search.engines.async_vllm import AsyncVLLMEngine
 
 _err = Console(stderr=True)
 
@@ -24,6 +28,54 @@ class SystemModeName(StrEnum):
 
 def _note(msg: str) -> None:
     _err.print(escape(msg), highlight=False, soft_wrap=True)
+
+
+#: Engine arguments with their own flag here: `--engine-arg` points at the flag.
+_OWN_FLAGS = {"model": "--model", "max_model_len": "--max-model-len",
+              "kv_cache_memory_bytes": "--kv-cache-memory-bytes",
+              "gpu_memory_utilization": "--gpu-memory-utilization",
+              "enforce_eager": "--enforce-eager", "served_model_name": "--served-model-name"}
+
+
+def parse_engine_args(items: list[str]) -> dict[str, Any]:
+    """`--engine-arg NAME=VALUE` items -> vLLM engine arguments, checked against vLLM's
+    `EngineArgs` (the `[model.engine_args]` table of a study config, as flags). A value is
+    read as JSON (16, 0.5, true, ["a"]) and otherwise kept as a string (fp8)."""
+    from icl_search.engines.base import EngineError
+    from icl_search.engines.vllm import check_engine_args
+
+    args: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        name = name.strip().removeprefix("--").replace("-", "_")
+        if not sep or not name:
+            _fail(f"--engine-arg {item!r}: expected NAME=VALUE, e.g. --engine-arg "
+                  "max_num_seqs=16")
+        if name in _OWN_FLAGS:
+            _fail(f"--engine-arg {name}: set it with {_OWN_FLAGS[name]} instead")
+        try:
+            args[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            args[name] = raw
+    try:
+        return check_engine_args(args, where="--engine-arg")
+    except EngineError as exc:
+        _fail(str(exc).replace("--engine-arg.", "--engine-arg ", 1))
+
+
+def serve_engine(target: str, *, max_model_len: int | None = None,
+                 kv_cache_memory_bytes: int | None = None,
+                 gpu_memory_utilization: float | None = None, enforce_eager: bool | None = None,
+                 engine_args: dict[str, Any] | None = None) -> AsyncVLLMEngine:
+    """The (not yet started) engine `serve` runs: its flags over this host's defaults, then
+    the `--engine-arg`s."""
+    from icl_search.engines.async_vllm import AsyncVLLMEngine
+
+    own = {"gpu_memory_utilization": gpu_memory_utilization, "enforce_eager": enforce_eager}
+    return AsyncVLLMEngine(target, max_model_len=max_model_len,
+                           kv_cache_memory_bytes=kv_cache_memory_bytes,
+                           **{k: v for k, v in own.items() if v is not None},
+                           **(engine_args or {}))
 
 
 def _is_loopback(host: str) -> bool:
@@ -73,6 +125,19 @@ def serve_cmd(
     kv_cache_memory_bytes: Annotated[int | None, typer.Option(
         "--kv-cache-memory-bytes", min=1,
         help="KV cache size (CPU default 512 MiB; GPU default: vLLM's).")] = None,
+    gpu_memory_utilization: Annotated[float | None, typer.Option(
+        "--gpu-memory-utilization", min=0.01, max=1.0,
+        help="Share of GPU memory vLLM may use (default 0.85; ignored on CPU).")] = None,
+    enforce_eager: Annotated[bool | None, typer.Option(
+        "--enforce-eager/--no-enforce-eager",
+        help="Run the model eagerly, without CUDA graphs (default: eager on CPU, graphs on "
+             "GPU).")] = None,
+    engine_arg: Annotated[list[str] | None, typer.Option(
+        "--engine-arg", metavar="NAME=VALUE",
+        help="Any other vLLM engine argument, repeatable, as in a study config's "
+             "[model.engine_args]: a `vllm serve` flag with - as _, the value read as JSON "
+             "else text (--engine-arg max_num_seqs=16 --engine-arg quantization=fp8).")
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve a base model with BUNDLE's context behind an OpenAI-compatible API.
@@ -86,6 +151,7 @@ def serve_cmd(
     from icl_search.bundle import Bundle, BundleError
     from icl_search.models import ModelError, resolve_model
 
+    extra = parse_engine_args(engine_arg or [])
     try:
         bundle = Bundle.load(bundle_path)
     except BundleError as exc:
@@ -110,11 +176,12 @@ def serve_cmd(
 
     import uvicorn
 
-    from icl_search.engines.async_vllm import AsyncVLLMEngine
     from icl_search.serve import create_app
 
-    engine = AsyncVLLMEngine(target, max_model_len=max_model_len,
-                             kv_cache_memory_bytes=kv_cache_memory_bytes)
+    engine = serve_engine(target, max_model_len=max_model_len,
+                          kv_cache_memory_bytes=kv_cache_memory_bytes,
+                          gpu_memory_utilization=gpu_memory_utilization,
+                          enforce_eager=enforce_eager, engine_args=extra)
     if bundle.mode == "retrieval" and engine.device == "cpu":
         # vLLM's engine core runs in its own process on the same cores. torch's OpenMP workers
         # in this one (the query embedder) spin while they wait and took those cores from it:

@@ -99,6 +99,11 @@ class AsyncVLLMEngine:
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
+    def engine_args(self) -> dict[str, Any]:
+        """The `AsyncEngineArgs` this engine starts with (a copy)."""
+        return dict(self._kwargs)
+
+    @property
     def started(self) -> bool:
         return self._llm is not None
 

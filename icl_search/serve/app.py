@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from icl_search import __version__
 from icl_search.bundle import Bundle, SystemMode
@@ -68,7 +69,7 @@ def create_app(
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
-    app.middleware("http")(_auth)
+    app.add_middleware(_Auth, key=api_key)
     app.include_router(router)
     return app
 
@@ -94,15 +95,23 @@ def _needs_key(path: str) -> bool:
     return path.startswith("/v1") or path.startswith(DOC_PATHS)
 
 
-async def _auth(request: Request, call_next: Callable) -> Response:
-    key = request.app.state.icl.api_key
-    if key and _needs_key(request.url.path):
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
-                                                                 key.encode()):
-            return APIError(401, "missing or incorrect API key: send "
-                            "'Authorization: Bearer <key>'", code="invalid_api_key").response()
-    return await call_next(request)
+class _Auth:
+    """The API key check, as plain ASGI middleware: `app.middleware("http")` would pass every
+    streamed chunk through an extra task and memory stream (Starlette's BaseHTTPMiddleware)."""
+
+    def __init__(self, app: ASGIApp, key: str | None):
+        self.app, self.key = app, key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.key and scope["type"] == "http" and _needs_key(scope["path"]):
+            scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
+                                                                     self.key.encode()):
+                res = APIError(401, "missing or incorrect API key: send "
+                               "'Authorization: Bearer <key>'", code="invalid_api_key").response()
+                await res(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 __all__ = ["create_app"]

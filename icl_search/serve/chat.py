@@ -16,6 +16,7 @@ from icl_search.errors import IclSearchError
 if TYPE_CHECKING:
     from icl_search.bundle import Bundle, Rendered, SystemMode
     from icl_search.prompt import Budget
+    from icl_search.selection import Selected
 
 
 class ConversationError(IclSearchError, ValueError):
@@ -83,10 +84,13 @@ class Conversation:
         return cls(system, turns, query)
 
     def prepare(self, bundle: Bundle, *, budget: Budget | None = None,
-                max_tokens: int | None = None, system_mode: SystemMode = "append") -> Rendered:
-        """The bundle's prompt for this conversation (see `Bundle.prepare`)."""
+                max_tokens: int | None = None, system_mode: SystemMode = "append",
+                selected: Sequence[Selected] | None = None) -> Rendered:
+        """The bundle's prompt for this conversation (see `Bundle.prepare`; `selected`: the
+        examples already chosen for the query, by a batch)."""
         return bundle.prepare(self.query, system=self.system, turns=self.turns, budget=budget,
-                              max_tokens=max_tokens, system_mode=system_mode)
+                              max_tokens=max_tokens, system_mode=system_mode,
+                              selected=selected)
 
 
 def content_text(content: Any, param: str) -> str:

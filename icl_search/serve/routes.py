@@ -12,9 +12,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from icl_search.bundle import Rendered
 from icl_search.serve.protocol import APIError, ChatRequest, CompletionRequest
-from icl_search.serve.state import ServerState, icl_headers, usage
+from icl_search.serve.state import Prepared, ServerState, icl_headers, usage
 from icl_search.serve.stream import StreamCleaner, event_stream
 
 router = APIRouter()
@@ -37,7 +36,9 @@ async def health(request: Request) -> JSONResponse:
         await s.engine.check_health()
     except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
         return JSONResponse({"status": "error", "detail": str(exc)}, status_code=503)
-    return JSONResponse({"status": "ok", "model": s.name, "bundle_mode": s.bundle.mode})
+    # `prep`: the prep batcher's batches, requests and largest batch (see `serve.batch`).
+    return JSONResponse({"status": "ok", "model": s.name, "bundle_mode": s.bundle.mode,
+                         "prep": dict(s.batcher.stats)})
 
 
 def _model_card(s: ServerState) -> dict[str, Any]:
@@ -69,20 +70,20 @@ async def chat(request: Request) -> Response:
     max_tokens = s.max_tokens(req.max_completion_tokens
                               if req.max_completion_tokens is not None else req.max_tokens)
     params, extra = s.params(req, max_tokens, rendered=True)
-    rendered = await s.prepare(s.conversation(req.messages), max_tokens, mode)
+    prepared = await s.prepare(s.conversation(req.messages), max_tokens, mode)
     rid, ts, name = f"chatcmpl-{uuid.uuid4().hex}", _now(), s.name
 
     if not req.stream:
-        text, last = await s.complete(rendered.prompt, params, extra, clean=True)
+        text, last = await s.complete(prepared.ids, params, extra, clean=True)
         return JSONResponse({
             "id": rid, "object": "chat.completion", "created": ts, "model": name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "logprobs": None, "finish_reason": last.finish_reason}],
             "usage": usage(last.prompt_tokens, last.completion_tokens),
-        }, headers=icl_headers(rendered))
+        }, headers=icl_headers(prepared))
 
     include_usage = bool((req.stream_options or {}).get("include_usage"))
-    first, rest = await s.generation(rendered.prompt, params, extra, stream=True)
+    first, rest = await s.generation(prepared.ids, params, extra, stream=True)
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {"id": rid, "object": "chat.completion.chunk", "created": ts, "model": name,
@@ -110,7 +111,7 @@ async def chat(request: Request) -> Response:
                    "model": name, "choices": [],
                    "usage": usage(last.prompt_tokens, last.completion_tokens)}
 
-    return event_stream(chunks(), icl_headers(rendered))
+    return event_stream(chunks(), icl_headers(prepared))
 
 
 @router.post("/v1/completions")
@@ -132,30 +133,29 @@ async def completions(request: Request) -> Response:
         raise APIError(400, "prompt: streaming takes one prompt per request", param="prompt")
     max_tokens = s.max_tokens(req.max_tokens)
     params, extra = s.params(req, max_tokens, rendered=not req.raw)
-    rendered: list[Rendered | None] = []
-    texts: list[str] = []
+    prepared: list[Prepared | None] = [None] * len(prompts)
+    texts: list[str] = list(prompts)
+    ids: list[list[int]] = []
     window = s.engine.context_window
-    for i, p in enumerate(prompts):
-        if req.raw:
-            n = await s.count(p)
-            if n + max_tokens > window:
+    if req.raw:
+        for i, p in enumerate(prompts):
+            ids.append(await s.tokens(p))
+            if len(ids[-1]) + max_tokens > window:
                 raise APIError(400, f"prompt{'' if len(prompts) == 1 else f'[{i}]'}: "
-                               f"{n} prompt tokens + max_tokens={max_tokens} exceed the "
-                               f"context window of {window} tokens",
+                               f"{len(ids[-1])} prompt tokens + max_tokens={max_tokens} exceed "
+                               f"the context window of {window} tokens",
                                param="prompt", code="context_length_exceeded")
-            rendered.append(None)
-            texts.append(p)
-        else:
-            if not p.strip():
-                raise APIError(400, "prompt: the query is empty", param="prompt")
-            r = await s.prepare(p, max_tokens, s.system_mode)
-            rendered.append(r)
-            texts.append(r.prompt)
+    else:
+        if not all(p.strip() for p in prompts):
+            raise APIError(400, "prompt: the query is empty", param="prompt")
+        # Submitted together, the prompts of one request are prepared in one batch.
+        done = await asyncio.gather(*(s.prepare(p, max_tokens, s.system_mode) for p in prompts))
+        prepared, texts, ids = list(done), [r.prompt for r in done], [r.ids for r in done]
     rid, ts, name = f"cmpl-{uuid.uuid4().hex}", _now(), s.name
 
     if not req.stream:
         results = await asyncio.gather(*(s.complete(t, params, extra, clean=not req.raw)
-                                         for t in texts))
+                                         for t in ids))
         return JSONResponse({
             "id": rid, "object": "text_completion", "created": ts, "model": name,
             "choices": [{"index": i, "text": (texts[i] if req.echo else "") + text,
@@ -163,10 +163,10 @@ async def completions(request: Request) -> Response:
                         for i, (text, last) in enumerate(results)],
             "usage": usage(sum(last.prompt_tokens for _, last in results),
                            sum(last.completion_tokens for _, last in results)),
-        }, headers=icl_headers(rendered[0]))
+        }, headers=icl_headers(prepared[0]))
 
     include_usage = bool((req.stream_options or {}).get("include_usage"))
-    first, rest = await s.generation(texts[0], params, extra, stream=True)
+    first, rest = await s.generation(ids[0], params, extra, stream=True)
 
     def chunk(text: str, finish: str | None = None) -> dict[str, Any]:
         return {"id": rid, "object": "text_completion", "created": ts, "model": name,
@@ -192,4 +192,4 @@ async def completions(request: Request) -> Response:
             yield {"id": rid, "object": "text_completion", "created": ts, "model": name,
                    "choices": [], "usage": usage(last.prompt_tokens, last.completion_tokens)}
 
-    return event_stream(chunks(), icl_headers(rendered[0]))
+    return event_stream(chunks(), icl_headers(prepared[0]))

@@ -1,14 +1,22 @@
 """The server's one state object: the bundle, the engine and the serving policy, and the
 request-level work every route shares (reading a body, decoding parameters, the prompt,
-generation under the concurrency cap)."""
+generation under the concurrency cap).
+
+Preparing a prompt (embedding the query, searching the index, budgeting and tokenising) is CPU
+work done off the event loop, in one prep thread, through a `MicroBatcher`: the queries of
+requests that arrive together are embedded in one encode call and searched in one batch. The
+prompt is tokenised once, while it is budgeted, and those token ids go to vLLM: the engine
+never tokenises it again on the event loop.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -25,11 +33,28 @@ from icl_search.bundle import (
 from icl_search.engines.async_vllm import Delta, RequestError
 from icl_search.engines.base import SamplingParams
 from icl_search.prompt import Budget
+from icl_search.serve.batch import MicroBatcher
 from icl_search.serve.chat import Conversation, ConversationError
 from icl_search.serve.protocol import APIError, Common, R, ServingEngine, validation_error
 
 #: The 403 a locked context answers to a request that would replace or bypass it.
 LOCKED = "context_locked"
+
+
+@dataclass
+class Prepared:
+    """A request's prompt (`rendered`) and its token ids, as vLLM gets them."""
+
+    rendered: Rendered
+    ids: list[int]
+
+    @property
+    def prompt(self) -> str:
+        return self.rendered.prompt
+
+
+#: One job of the prep batcher: the conversation, max_tokens and the system mode.
+_Job = tuple[Conversation, int, SystemMode]
 
 
 class ServerState:
@@ -61,11 +86,16 @@ class ServerState:
         # Tokenising and example selection are CPU work that would stall the event loop; one
         # worker thread keeps the (not thread-safe) fast tokenizer and the embedder serialised.
         self.prep_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="icl-prep")
+        self.batcher: MicroBatcher[_Job, Prepared] = MicroBatcher(self._prepare_batch,
+                                                                  self.prep_pool)
+        # The text last tokenised and its ids (prep thread only): the budget's final count of
+        # a prompt is that prompt's tokenisation, kept for vLLM.
+        self._last_ids: tuple[str, list[int]] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         await self.engine.start()
-        self.budget = Budget(self.engine.count_tokens, self.engine.context_window)
+        self.budget = Budget(lambda text: len(self._encode(text)), self.engine.context_window)
         self.sem = asyncio.Semaphore(self.max_concurrency) if self.max_concurrency else None
         if self.bundle.mode == "retrieval":
             # Load pool, embedder and index now: a bad bundle fails at start, not per request.
@@ -147,15 +177,41 @@ class ServerState:
             extra["ignore_eos"] = True
         return params, extra
 
-    async def prepare(self, request: str | Conversation, max_tokens: int,
-                      mode: SystemMode) -> Rendered:
-        conv = Conversation([], [], request) if isinstance(request, str) else request
+    # -- prompts (prep thread) ---------------------------------------------------------------
+    def _encode(self, text: str) -> list[int]:
+        ids = self.engine.encode(text)
+        self._last_ids = (text, ids)
+        return ids
 
-        def work() -> Rendered:
-            return conv.prepare(self.bundle, budget=self.budget, max_tokens=max_tokens,
-                                system_mode=mode)
+    def _ids(self, prompt: str) -> list[int]:
+        last = self._last_ids
+        return last[1] if last is not None and last[0] == prompt else self._encode(prompt)
+
+    def _prepare_batch(self, jobs: list[_Job]) -> list[Prepared | BaseException]:
+        """One batch of requests: every query embedded in one call and searched in one batch
+        (retrieval bundles), then each prompt budgeted, rendered and tokenised."""
+        n = len(jobs)
+        selected: Sequence[Any] = [None] * n
+        if self.bundle.mode == "retrieval":
+            try:
+                selected = self.bundle.selector().select_many([conv.query for conv, _, _ in jobs])
+            except Exception as exc:  # noqa: BLE001 - every request of the batch gets it
+                return [exc] * n
+        out: list[Prepared | BaseException] = []
+        for (conv, max_tokens, mode), sel in zip(jobs, selected):
+            try:
+                r = conv.prepare(self.bundle, budget=self.budget, max_tokens=max_tokens,
+                                 system_mode=mode, selected=sel)
+                out.append(Prepared(r, self._ids(r.prompt)))
+            except Exception as exc:  # noqa: BLE001 - this request's error, raised to it
+                out.append(exc)
+        return out
+
+    async def prepare(self, request: str | Conversation, max_tokens: int,
+                      mode: SystemMode) -> Prepared:
+        conv = Conversation([], [], request) if isinstance(request, str) else request
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.prep_pool, work)
+            return await self.batcher.submit((conv, max_tokens, mode))
         except ContextWindowError as exc:
             raise APIError(400, str(exc), param="prompt" if isinstance(request, str)
                            else "messages", code="context_length_exceeded") from None
@@ -169,12 +225,13 @@ class ServerState:
         except ConversationError as exc:
             raise APIError(400, str(exc), param=exc.param) from None
 
-    async def count(self, text: str) -> int:
+    async def tokens(self, text: str) -> list[int]:
+        """A raw prompt's token ids (in the prep thread)."""
         return await asyncio.get_running_loop().run_in_executor(
-            self.prep_pool, self.engine.count_tokens, text)
+            self.prep_pool, self.engine.encode, text)
 
     # -- generation ------------------------------------------------------------------------
-    async def _run(self, prompt: str, params: SamplingParams, extra: dict[str, Any],
+    async def _run(self, prompt: Sequence[int], params: SamplingParams, extra: dict[str, Any],
                    stream: bool) -> AsyncIterator[Delta]:
         sem = self.sem
         if sem is not None:
@@ -188,16 +245,18 @@ class ServerState:
             if sem is not None:
                 sem.release()
 
-    async def generation(self, prompt: str, params: SamplingParams, extra: dict[str, Any], *,
-                         stream: bool) -> tuple[Delta, AsyncIterator[Delta]]:
-        """The first delta and the rest. Waiting for the first one before a response starts
-        turns every refusal by vLLM into a 400, never a broken stream or a 500."""
+    async def generation(self, prompt: Sequence[int], params: SamplingParams,
+                         extra: dict[str, Any], *, stream: bool
+                         ) -> tuple[Delta, AsyncIterator[Delta]]:
+        """The first delta and the rest, for a prompt's token ids. Waiting for the first one
+        before a response starts turns every refusal by vLLM into a 400, never a broken
+        stream or a 500."""
         it = self._run(prompt, params, extra, stream)
         first = await anext(it)
         return first, it
 
-    async def complete(self, prompt: str, params: SamplingParams, extra: dict[str, Any],
-                       clean: bool) -> tuple[str, Delta]:
+    async def complete(self, prompt: Sequence[int], params: SamplingParams,
+                       extra: dict[str, Any], clean: bool) -> tuple[str, Delta]:
         first, rest = await self.generation(prompt, params, extra, stream=False)
         text, last = first.text, first
         async for d in rest:
@@ -211,11 +270,12 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def icl_headers(r: Rendered | None) -> dict[str, str]:
-    if r is None:
+def icl_headers(p: Prepared | None) -> dict[str, str]:
+    if p is None:
         return {}
+    r = p.rendered
     # Which examples the answer was conditioned on, for debugging a bad answer.
     return {"X-ICL-Examples": ",".join(getattr(e, "id", "?") for e in r.examples)[:4000]}
 
 
-__all__ = ["LOCKED", "ServerState", "icl_headers", "usage"]
+__all__ = ["LOCKED", "Prepared", "ServerState", "icl_headers", "usage"]
