@@ -314,3 +314,40 @@ def test_confirm_on_a_study_that_does_not_exist_creates_nothing(tmp_path, tiny_m
     assert r.exit_code == 2 and r.output.count("error:") == 1
     assert "no study named 'ghost'" in r.output and "other" in r.output
     assert optuna.get_all_study_names(f"sqlite:///{db}") == ["other"]
+
+
+# -- bench/alignment.py's splits: never a judge's training query ------------------------------
+def _alignment_bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("alignment_bench",
+                                                  REPO / "bench" / "alignment.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_alignment_splits_avoid_the_judges_training_queries_and_refuse_when_too_few():
+    from icl_search.judge.prepare import split_groups
+
+    bench = _alignment_bench()
+    train, held_a, held_s = split_groups(SHARED_DATA)
+    manifest = {"split": {"held_out_alpaca_ids": sorted(g.id for g in held_a),
+                          "held_out_safety_ids": sorted(g.id for g in held_s)}}
+    ids, texts = bench.judge_training([manifest])
+    assert len(ids) == len(train)
+    n = {"search": 24, "confirm": 24, "test": 40}
+    splits, info = bench.draw_queries(n, 0.25, ids, texts)
+    norm = bench._norm
+    trained = {norm(g.query) for g in train}
+    for split, rows in splits.items():
+        assert len(rows) == n[split]
+        # not by id, and not by text either: just-eval's regular queries repeat AlpacaEval's
+        assert not {r["id"] for r in rows} & ids and not {norm(r["query"]) for r in rows} & trained
+    all_ids = [r["id"] for rows in splits.values() for r in rows]
+    assert len(all_ids) == len(set(all_ids))  # disjoint
+    assert info["drawn"]["test"] == {"regular": 30, "safety": 10}
+    assert bench.draw_queries(n, 0.25, ids, texts)[0] == splits  # deterministic
+    # only ~40 held-out safety queries exist: asking for more is refused, naming the shortfall
+    with pytest.raises(SystemExit, match="just-eval safety needs 100, has 39"):
+        bench.draw_queries({"search": 50, "confirm": 50, "test": 100}, 0.5, ids, texts)
