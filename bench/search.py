@@ -43,20 +43,22 @@ Trial counts are deterministic for given seeds; run time does not enter the figu
 Prints a table and writes `bench/results/search.json`.
 
 `--proposals` compares search in rounds (icl_search.propose.rounds) against the fixed space
-under an equal budget of *paid* trials. Rounds: `--rounds` + 1 studies of `--round-trials` paid
-trials each; after each round the simulated proposer writes `--per-round` preambles from the
-best preamble so far (the parent, by observed score). A proposal's hidden utility is its
-parent's plus |N(0, `--proposal-sd`)| with probability `--better-rate` (a better child), else
-minus |N(0, `--proposal-sd`)| (a worse one). Each round is a new Optuna study over the grown
-space, seeded exactly as the product seeds it (`icl_search.propose.rounds.seeds_for`: the best
-configuration under each new preamble, then the best so far); a configuration evaluated before
-is answered from a cache with its first noisy score and costs no budget, as in a real study.
-`rounds_history` is the same, with each round's study also holding the earlier rounds'
-finished trials (copied with the wider preamble distribution: free, so TPE starts from what is
-known; the product does not do this yet). Fixed: one study of (`--rounds` + 1) x
-`--round-trials` trials over the config's space. Each arm reports, median over seeds, the noise-free score of the trial they would export (the best
-observed score) and the best noise-free score they evaluated. Writes
-`bench/results/search_proposals.json`.
+under an equal budget: by default of trials, as `study run` and `propose run` count them (a
+configuration evaluated before is answered from a cache with its first noisy score and costs
+nothing, but takes its trial); `--count paid` counts new configurations only. Rounds:
+`--rounds` + 1 studies of `--round-trials` trials each; after each round the simulated
+proposer writes `--per-round` preambles from the best preamble so far (the parent, by observed
+score). A proposal's hidden utility is its parent's plus |N(0, `--proposal-sd`)| with
+probability `--better-rate` (a better child), else minus |N(0, `--proposal-sd`)| (a worse
+one). `rounds` is the product's design, built from its own functions: each round is a new
+Optuna study over the grown space holding copies of the earlier rounds' finished trials
+(`icl_search.propose.history.history_trials`, outside the round's budget), the baseline
+enqueued only when no copy of it is there, seeded with `seeds_for` at the product's default
+`top`. `rounds_fresh` is the design before the copies (each round's study starts empty, the
+same seeds). Fixed: one study of (`--rounds` + 1) x `--round-trials` trials over the config's
+space. Each arm reports, median over seeds, the noise-free score of the trial it would export
+(the best observed score), the best noise-free score it evaluated, and the configurations it
+paid for. Writes `bench/results/search_proposals.json`.
 """
 
 from __future__ import annotations
@@ -188,12 +190,16 @@ def run_one(cfg: StudyConfig, sampler: optuna.samplers.BaseSampler, sim: Simulat
             "seconds": time.perf_counter() - t0}
 
 
-def _paid_loop(cfg, study, sim, pool_ids, budget, seen, evaluated):
-    """Ask/tell in batches until `budget` new configurations were paid for; a configuration
-    seen before is told its cached score for free."""
-    paid = 0
-    while paid < budget:
-        trials = [study.ask() for _ in range(min(cfg.optuna.batch_trials, budget - paid))]
+def _loop(cfg, study, sim, pool_ids, budget, seen, evaluated, count="trials"):
+    """Ask/tell in batches until `budget` trials were run (`count="trials"`, as `study run` and
+    `propose run` count them) or `budget` new configurations were paid for (`count="paid"`).
+    A configuration seen before is told its cached score and costs nothing but, counting
+    trials, its trial. Counting paid ones, a run stops at 5 x `budget` trials (TPE can keep
+    asking known configurations). Returns the trials run."""
+    paid = asked = 0
+    while (asked if count == "trials" else paid) < budget and asked < 5 * budget:
+        left = budget - (asked if count == "trials" else paid)
+        trials = [study.ask() for _ in range(min(cfg.optuna.batch_trials, left))]
         for t in trials:
             spec = suggest(t, cfg, pool_ids)
             key = (spec.system_name, spec.k, spec.strategy, spec.fixed_ids,
@@ -202,30 +208,39 @@ def _paid_loop(cfg, study, sim, pool_ids, budget, seen, evaluated):
                 seen[key] = sim.score(spec)
                 evaluated.append((seen[key], sim.true_score(spec), spec.system_name))
                 paid += 1
+            t.set_user_attr("spec", spec.to_dict())
             study.tell(t, seen[key])
+        asked += len(trials)
+    return asked
 
 
-def run_fixed(cfg, sim, pool_ids, budget):
+def run_fixed(cfg, sim, pool_ids, budget, count):
     study = optuna.create_study(direction="maximize", sampler=make_sampler(cfg))
-    study.enqueue_trial(baseline_params(cfg, pool_ids))
+    study.enqueue_trial(baseline_params(cfg, pool_ids), user_attrs={"role": "baseline"})
     evaluated: list = []
-    _paid_loop(cfg, study, sim, pool_ids, budget, {}, evaluated)
-    return _outcome(evaluated)
+    trials = _loop(cfg, study, sim, pool_ids, budget, {}, evaluated, count)
+    return _outcome(evaluated) | {"trials": trials}
 
 
 def run_proposal_rounds(cfg, sim, pool_ids, rounds, per_round, round_trials, better_rate,
-                        sd, seed, history=False):
-    """`history`: each round's study also holds the earlier rounds' finished trials, copied
-    with the round's (wider) preamble distribution, so TPE starts from what is known."""
+                        sd, seed, count, history=True):
+    """Rounds as `propose run` does them (icl_search.propose.rounds): each round a new study
+    over the grown space holding copies of the earlier rounds' finished trials
+    (`history_trials`, not in the round's budget), the baseline enqueued only when no copy of
+    it is there (`ensure_baseline`), seeded with `seeds_for` (the product's default `top`).
+    `history=False` is the design before the copies: each round's study starts empty."""
+    from icl_search.propose.history import history_trials
     from icl_search.propose.rounds import seeds_for
+    from icl_search.study.config import ProposeSection
 
+    top = ProposeSection().top
     rng = np.random.default_rng(seed + 50_000)
     seen: dict = {}
     evaluated: list = []
     done: list = []
     new_names: list[str] = []
     systems = list(cfg.search.system_prompts)
-    better = worse = 0
+    better = worse = trials = copied = 0
     for r in range(rounds + 1):
         if r > 0:  # the proposer: children of the best preamble so far (by observed score)
             parent = max(evaluated, key=lambda e: e[0])[2]
@@ -240,20 +255,19 @@ def run_proposal_rounds(cfg, sim, pool_ids, rounds, per_round, round_trials, bet
         search = cfg.search.model_copy(update={"system_prompts": list(systems)})
         cfg_r = cfg.model_copy(update={"search": search})
         study = optuna.create_study(direction="maximize", sampler=make_sampler(cfg_r))
-        if history:
-            wide = optuna.distributions.CategoricalDistribution(
-                [n for n in (Path(x).name for x in systems)])
-            for _, old in done[-1:]:  # the last round holds the copies of the ones before
-                for t in old.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-                    study.add_trial(optuna.trial.create_trial(
-                        params=t.params, distributions=t.distributions | {"system": wide},
-                        value=t.value))
-        study.enqueue_trial(baseline_params(cfg_r, pool_ids))
-        for params in seeds_for(done, new_names, 3):
+        base = baseline_params(cfg_r, pool_ids)
+        if history and done:
+            copies, _ = history_trials([s for _, s in done], cfg_r, pool_ids, baseline=base)
+            study.add_trials(copies)
+            copied += len(copies)
+        if not any(t.user_attrs.get("role") == "baseline" for t in study.trials):
+            study.enqueue_trial(base, user_attrs={"role": "baseline"})
+        for params in seeds_for(done, new_names, top):
             study.enqueue_trial(params)
-        _paid_loop(cfg_r, study, sim, pool_ids, round_trials, seen, evaluated)
+        trials += _loop(cfg_r, study, sim, pool_ids, round_trials, seen, evaluated, count)
         done.append((cfg_r, study))
-    return _outcome(evaluated) | {"better_children": int(better), "worse_children": int(worse)}
+    return _outcome(evaluated) | {"better_children": int(better), "worse_children": int(worse),
+                                  "trials": trials, "copied": copied}
 
 
 def _outcome(evaluated):
@@ -262,48 +276,55 @@ def _outcome(evaluated):
             "paid": len(evaluated)}
 
 
-ARMS = ("fixed", "rounds", "rounds_history")
+ARMS = ("fixed", "rounds_fresh", "rounds")
 
 
 def proposals_main(args, cfg0, pool_ids) -> None:
     budget = (args.rounds + 1) * args.round_trials
     rows = []
+    t0 = time.perf_counter()
+    load_start = os.getloadavg()[0]
     for seed in range(args.seeds):
         cfg = cfg0.model_copy(update={"seed": seed})
-        fixed = run_fixed(cfg, Simulator(cfg, pool_ids, args.queries, args.noise, seed),
-                          pool_ids, budget)
-        props = run_proposal_rounds(cfg, Simulator(cfg, pool_ids, args.queries, args.noise,
-                                                   seed), pool_ids, args.rounds, args.per_round,
-                                    args.round_trials, args.better_rate, args.proposal_sd, seed)
-        hist = run_proposal_rounds(cfg, Simulator(cfg, pool_ids, args.queries, args.noise,
-                                                  seed), pool_ids, args.rounds, args.per_round,
-                                   args.round_trials, args.better_rate, args.proposal_sd, seed,
-                                   history=True)
-        rows.append({"seed": seed, "fixed": fixed, "rounds": props, "rounds_history": hist})
+
+        def sim():
+            return Simulator(cfg, pool_ids, args.queries, args.noise, seed)
+
+        common = (pool_ids, args.rounds, args.per_round, args.round_trials, args.better_rate,
+                  args.proposal_sd, seed, args.count)
+        fixed = run_fixed(cfg, sim(), pool_ids, budget, args.count)
+        fresh = run_proposal_rounds(cfg, sim(), *common, history=False)
+        props = run_proposal_rounds(cfg, sim(), *common)
+        rows.append({"seed": seed, "fixed": fixed, "rounds_fresh": fresh, "rounds": props})
         print(f"seed {seed}: fixed picked {fixed['picked_true']:.3f} (best {fixed['best_true']:.3f})"
-              f" | rounds picked {props['picked_true']:.3f} (best {props['best_true']:.3f}; "
-              f"{props['better_children']} better / {props['worse_children']} worse children)"
-              f" | rounds+history picked {hist['picked_true']:.3f} (best {hist['best_true']:.3f})",
+              f" | fresh rounds picked {fresh['picked_true']:.3f} | rounds picked "
+              f"{props['picked_true']:.3f} (best {props['best_true']:.3f}; "
+              f"{props['better_children']} better / {props['worse_children']} worse children; "
+              f"{props['paid']} paid of {props['trials']} trials, {props['copied']} copies)",
               flush=True)
     med = {f"{arm}_{m}": statistics.median(r[arm][m] for r in rows)
-           for arm in ARMS for m in ("picked_true", "best_true")}
+           for arm in ARMS for m in ("picked_true", "best_true", "paid")}
     wins = {arm: sum(r[arm]["picked_true"] > r["fixed"]["picked_true"] for r in rows)
             for arm in ARMS[1:]}
-    res = {"config": str(args.config), "seeds": args.seeds, "budget_paid_trials": budget,
-           "rounds": args.rounds, "round_trials": args.round_trials,
-           "per_round": args.per_round, "better_rate": args.better_rate,
-           "proposal_sd": args.proposal_sd, "queries": args.queries, "noise_sd": args.noise,
-           "median": med, "rounds_better_seeds": wins, "runs": rows,
+    res = {"config": str(args.config), "seeds": args.seeds, "budget": budget,
+           "budget_counts": args.count, "rounds": args.rounds,
+           "round_trials": args.round_trials, "per_round": args.per_round,
+           "better_rate": args.better_rate, "proposal_sd": args.proposal_sd,
+           "queries": args.queries, "noise_sd": args.noise, "median": med,
+           "rounds_better_seeds": wins, "runs": rows, "seconds": time.perf_counter() - t0,
            "machine": {"cpus": os.cpu_count(), "optuna": optuna.__version__,
-                       "load_avg_1m": round(os.getloadavg()[0], 2)}}
+                       "load_avg_1m_start": round(load_start, 2),
+                       "load_avg_1m_end": round(os.getloadavg()[0], 2)}}
     out = args.out if args.out != RESULTS else RESULTS.with_name("search_proposals.json")
     write_json(out, res)
-    print(f"\nproposals vs fixed space: {args.seeds} seeds, {budget} paid trials each, "
-          f"{args.rounds} rounds x {args.per_round} proposals, better-rate {args.better_rate}, "
-          f"proposal sd {args.proposal_sd}\n")
-    print(f"{'arm':<16}{'median picked (true)':>22}{'median best evaluated':>24}")
+    print(f"\nproposals vs fixed space: {args.seeds} seeds, budget {budget} {args.count} per "
+          f"arm, {args.rounds} rounds x {args.per_round} proposals, better-rate "
+          f"{args.better_rate}, proposal sd {args.proposal_sd}\n")
+    print(f"{'arm':<14}{'median picked (true)':>22}{'median best evaluated':>24}"
+          f"{'median paid':>13}")
     for arm in ARMS:
-        print(f"{arm:<16}{med[arm + '_picked_true']:>22.3f}{med[arm + '_best_true']:>24.3f}")
+        print(f"{arm:<14}{med[arm + '_picked_true']:>22.3f}{med[arm + '_best_true']:>24.3f}"
+              f"{med[arm + '_paid']:>13g}")
     for arm, n in wins.items():
         print(f"{arm} picked a better configuration than fixed on {n}/{args.seeds} seeds")
     print(f"wrote {out}")
@@ -345,7 +366,11 @@ def main() -> None:
     ap.add_argument("--proposals", action="store_true",
                     help="rounds with proposals vs the fixed space (see the module docstring)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--round-trials", type=int, default=40, help="paid trials per round")
+    ap.add_argument("--round-trials", type=int, default=40, help="trials per round")
+    ap.add_argument("--count", choices=("trials", "paid"), default="trials",
+                    help="what a budget counts: trials, as the product does (a repeated "
+                         "configuration is free but takes its trial), or paid (new) "
+                         "configurations only")
     ap.add_argument("--per-round", type=int, default=4, help="proposals per round")
     ap.add_argument("--better-rate", type=float, default=0.3,
                     help="share of proposals better than their parent")

@@ -171,6 +171,10 @@ def write_report(cfg, study: optuna.Study, out: Path) -> list[Path]:
     from icl_search.study.confirm import report_lines as confirm_lines
 
     lines += confirm_lines(study)
+    if getattr(cfg, "propose", None) is not None:  # the later rounds: which proposals won
+        from icl_search.propose.tables import report_lines as propose_lines
+
+        lines += propose_lines(cfg)
     lines += ["", "## Plots", ""] + [f"- [{p.name}]({p.name})" for p in written
                                      if p.suffix != ".js"]
     df = trials_frame(study)

@@ -23,6 +23,10 @@ Leakage guard: a query never receives an example whose query is the same text (a
 Unicode/case/whitespace normalisation) or a near-duplicate (cosine >= `dup_threshold`),
 nor any id in `exclude_ids`. Evaluating on queries that are in the pool therefore never
 lets the answer leak into the prompt.
+
+Variants: in a pool that mixes originals with their restyled versions (`meta.original_id`,
+icl_search.propose), a retrieved set never holds an example and a variant of it for one query
+(they share the query text, so they rank side by side): the better-ranked of the two is kept.
 """
 
 from __future__ import annotations
@@ -160,6 +164,12 @@ class Selector:
         self._by_text: dict[str, list[int]] = {}
         for i, e in enumerate(self._examples):
             self._by_text.setdefault(normalize_text(e.query), []).append(i)
+        # row -> its original's id (a restyled variant) or its own id; rows of one family
+        self._family = [str((e.meta or {}).get("original_id") or e.id) for e in self._examples]
+        self._members: dict[str, list[int]] = {}
+        for i, f in enumerate(self._family):
+            self._members.setdefault(f, []).append(i)
+        self._variants = len(self._members) < len(self._examples)
         self._categories: dict[str, np.ndarray] = {}
         if config.strategy == "balanced":
             cats: dict[str, list[int]] = {}
@@ -220,6 +230,22 @@ class Selector:
     def _leaks(self, score: float) -> bool:
         return score >= self.config.dup_threshold
 
+    def _distinct(self, ranked: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        """`ranked` (best first) with every later member of a family already seen dropped."""
+        if not self._variants:
+            return ranked
+        seen: set[str] = set()
+        out = []
+        for r, s in ranked:
+            if self._family[r] not in seen:
+                seen.add(self._family[r])
+                out.append((r, s))
+        return out
+
+    def _family_rows(self, rows: Iterable[int]) -> set[int]:
+        """Every row of the families of `rows` (an anchor bans its variants from the fill)."""
+        return {m for r in rows for m in self._members[self._family[int(r)]]}
+
     def _anchors(self, qvec: np.ndarray, banned: set[int]) -> list[Selected]:
         scores = self._anchor_vecs @ qvec if len(self._anchor_pos) else np.zeros(0)
         return [
@@ -245,9 +271,10 @@ class Selector:
             srow, rrow = scores[qi], rows[qi]
             d = depth
             while True:
-                ok = [(int(r), float(s)) for s, r in zip(srow, rrow)
-                      if r >= 0 and int(r) not in banned[qi] and not self._leaks(float(s))]
-                if len(ok) >= max(need[qi], min(fetch, n)) or d >= n:
+                ok = self._distinct([(int(r), float(s)) for s, r in zip(srow, rrow)
+                                     if r >= 0 and int(r) not in banned[qi]
+                                     and not self._leaks(float(s))])
+                if len(ok) >= max(need[qi], min(fetch, len(self._members))) or d >= n:
                     break
                 d = min(n, d * 2)
                 srow, rrow = (a[0] for a in self.index.search_vectors(vectors[qi:qi + 1], d))
@@ -259,7 +286,7 @@ class Selector:
         hybrid = c.strategy == "hybrid"
         use_mmr = c.strategy == "mmr" or (hybrid and c.fill == "mmr")
         anchors = [self._anchors(v, b) if hybrid else [] for v, b in zip(vectors, banned)]
-        anchor_rows = {int(p) for p in self._anchor_pos}
+        anchor_rows = self._family_rows(self._anchor_pos)
         need = [c.k - len(a) for a in anchors]
         # Anchors are excluded from the fill so an anchor is never picked twice.
         fill_banned = [b | anchor_rows for b in banned] if hybrid else banned
@@ -322,9 +349,12 @@ class Selector:
             lists.sort(key=lambda lst: -lst[0][1])  # the best-matching category goes first
             chosen: list[tuple[int, float]] = []
             depth = 0
+            taken: set[str] = set()
             while len(chosen) < k and any(depth < len(lst) for lst in lists):
                 for lst in lists:
-                    if depth < len(lst) and len(chosen) < k:
+                    if depth < len(lst) and len(chosen) < k and \
+                            self._family[lst[depth][0]] not in taken:
+                        taken.add(self._family[lst[depth][0]])
                         chosen.append(lst[depth])
                 depth += 1
             results.append([Selected(self._examples[r], s) for r, s in chosen])

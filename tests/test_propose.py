@@ -30,6 +30,7 @@ from icl_search.propose import (
     RestyleCheck,
     make_proposer,
     parse_proposer_spec,
+    proposals_table,
     rounds_table,
     run_rounds,
 )
@@ -244,21 +245,53 @@ def test_rounds_add_proposals_with_provenance_and_never_pay_twice(tmp_path, tiny
     v = by_id["factual-001.restyled"]
     assert v["source"] == "restyled" and v["meta"]["original_id"] == "factual-001"
     assert "factual-001" in by_id and "coding-001.restyled" not in by_id
-    # round 1 searched the new space, seeded with round 0's best and each new preamble
-    systems = {t.params.get("system") for t in r1.trials}
-    assert {"r1-p0.txt", "r1-p5.txt"} <= systems
-    assert r1.trials[0].params == r0.trials[0].params  # the baseline again: from the caches
-    assert r1.trials[0].value == pytest.approx(r0.trials[0].value)
-    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in r1.trials) == 3
+    # round 1 holds round 0's finished trials as copies, with their scores and attrs: those
+    # whose prompts do not depend on the pool (the restyle changed it: no knn/mmr copies)
+    copies = [t for t in r1.trials if "copied_from" in t.user_attrs]
+    own = [t for t in r1.trials if "copied_from" not in t.user_attrs]
+    pool_free = [t for t in r0.get_trials(states=(TrialState.COMPLETE,))
+                 if t.user_attrs["spec"]["strategy"] in ("none", "fixed")]
+    assert len(copies) == len(pool_free) == s.rounds[1]["copied"] >= 1
+    for c in copies:
+        o = r0.trials[c.user_attrs["copied_from"]["number"]]
+        assert c.values == o.values and c.params == o.params
+        assert c.user_attrs["artifact_id"] == o.user_attrs["artifact_id"]
+        assert c.user_attrs["per_query"] == o.user_attrs["per_query"]
+    # ... outside its budget: round 1 ran its 3 trials of its own, seeded with each new
+    # preamble; the baseline was copied, not run again
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in own) == 3
+    assert {"r1-p0.txt", "r1-p5.txt"} <= {t.params.get("system") for t in own}
+    assert not any(t.user_attrs.get("role") == "baseline" for t in own)
+    assert sum(c.user_attrs.get("role") == "baseline" for c in copies) == 1
     table = rounds_table(cfg)
     assert [r["round"] for r in table] == [0, 1] and table[1]["proposals"] == 2
-    # resuming: nothing asked again, no trial run again
+    assert table[1]["copied"] == len(copies) and table[1]["trials"] == len(own)
+    # resuming: nothing asked again, no trial run again, nothing copied twice
     asked, prompts = dict(scripted.counts), tiny_engine.stats.prompts
     s2 = run_rounds(cfg, engine=tiny_engine, say=lambda m: None, progress=False)
     assert scripted.counts == asked and tiny_engine.stats.prompts == prompts
     assert all(r["finished"] == 0 for r in s2.rounds)
+    assert len(optuna.load_study(study_name="pr.r1", storage=cfg.storage_url).trials) == \
+        len(r1.trials)
     r = runner.invoke(app, ["propose", "report", str(path)])
-    assert r.exit_code == 0 and "pr.r1" in r.output
+    assert r.exit_code == 0 and "pr.r1" in r.output and "r1-p0.txt" in r.output
+    # a copied trial exports from the round's study with its original score
+    c = copies[0]
+    r = runner.invoke(app, ["export", "pr.r1", "--storage", cfg.storage_url, "--trial",
+                            str(c.number), "-o", str(tmp_path / "copy.json")])
+    assert r.exit_code == 0, r.output
+    bundle = json.loads((tmp_path / "copy.json").read_text())
+    assert bundle["scores"]["overall"] == pytest.approx(c.values[0])
+    # `study report` says which proposals won, and in which round
+    r = runner.invoke(app, ["study", "report", str(path), "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Proposed contexts" in md and "| 1 | `pr.r1` |" in md
+    won = {row["name"]: row for row in proposals_table(cfg)}
+    assert set(won) == {"urial_style.txt", "concise.txt", "r1-p0.txt", "r1-p5.txt"}
+    assert won["r1-p0.txt"]["proposed_in"] == 1 and won["r1-p0.txt"]["trials"] >= 1
+    assert [n for n, row in won.items() if 1 in row["won"]] == [table[1]["system"]]
+    assert f"| `r1-p0.txt` | round 1 | {', '.join(won['r1-p0.txt']['parents'])} |" in md
 
 
 def test_tiny_model_as_its_own_proposer(tmp_path, tiny_model_dir, tiny_engine):
@@ -324,8 +357,8 @@ def test_killed_round_resumes_without_asking_again(tmp_path, tiny_model_dir, tin
             trials = optuna.load_study(study_name="kr.r1", storage=cfg.storage_url).get_trials()
         except KeyError:
             trials = []
-        if any(t.state == TrialState.COMPLETE for t in trials) and \
-                any(t.state == TrialState.RUNNING for t in trials):
+        if any(t.state == TrialState.COMPLETE and "copied_from" not in t.user_attrs
+               for t in trials) and any(t.state == TrialState.RUNNING for t in trials):
             proc.send_signal(signal.SIGKILL)
             killed = True
             break
@@ -340,5 +373,117 @@ def test_killed_round_resumes_without_asking_again(tmp_path, tiny_model_dir, tin
     assert (cfg.artifacts_path / "proposals" / "round-1" / "proposals.json").read_text() == \
         manifest
     r1 = optuna.load_study(study_name=round_name(cfg, 1), storage=cfg.storage_url)
-    done = [t for t in r1.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    # round 0's trials were copied in once, before the kill; the round's own budget of 3
+    # finished trials was completed on resume (the killed trial failed, its retry ran)
+    copies = [t for t in r1.trials if "copied_from" in t.user_attrs]
+    keys = [t.user_attrs["copied_from"]["number"] for t in copies]
+    assert len(copies) == r1.user_attrs["copied_trials"] and len(set(keys)) == len(keys) >= 1
+    done = [t for t in r1.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            and "copied_from" not in t.user_attrs]
     assert len(done) == 3 and sum(t.state == TrialState.FAIL for t in r1.trials) == 1
+
+
+# -- history: the earlier rounds' trials in a round's study -----------------------------------
+def _finished(study, cfg, candidates, params, value, role=None):
+    """One trial as `run_study` leaves it: asked with fixed params, spec and scores stored."""
+    from icl_search.study.space import suggest
+
+    study.enqueue_trial(params, user_attrs={"role": role} if role else None)
+    t = study.ask()
+    spec = suggest(t, cfg, candidates)
+    t.set_user_attr("spec", spec.to_dict())
+    t.set_user_attr("aspects", {"helpfulness": value})
+    for step in range(3):
+        t.report(value, step)
+    study.tell(t, value)
+
+
+def test_copies_keep_scores_and_attrs_once_and_export(tmp_path, tiny_model_dir):
+    """The copy step on real SQLite studies: copies carry their scores, attrs and per-query
+    reports under the round's wider distributions (TPE asks on top of them), a copy step
+    killed half-way is finished without duplicates, knn trials stay out of a round over
+    another pool, and a copied trial exports as the original would."""
+    from icl_search.pool import Pool
+    from icl_search.propose.history import COPIED_ATTR, history_trials
+    from icl_search.propose.rounds import carry_history, round_config
+    from icl_search.study.export import export_bundle, record_export_info
+    from icl_search.study.space import baseline_params, suggest
+
+    cfg = load_config(write_config(tmp_path, tiny_model_dir, name="hc"))
+    url = cfg.storage_url
+    ids = Pool.load(cfg.path(cfg.pool.path)).ids
+    r0 = open_study(cfg, url)
+    record_export_info(r0, cfg)
+    base = baseline_params(cfg, ids)
+    _finished(r0, cfg, ids, base, 3.0, role="baseline")
+    _finished(r0, cfg, ids, {"system": "concise.txt", "k": 0}, 3.5, role="enqueued-0")
+    _finished(r0, cfg, ids, {"system": "urial_style.txt", "k": 2, "strategy": "knn"}, 4.0)
+    _finished(r0, cfg, ids, {"system": "concise.txt", "k": 1, "strategy": "fixed",
+                             "ex_0": "coding-002"}, 3.8)
+    new = tmp_path / "r1-p0.txt"
+    new.write_text(GOOD[0])
+    cfg1 = round_config(cfg, 1, [str(new)], None, [], True)
+    s1 = open_study(cfg1, url)
+    copies, _ = history_trials([r0], cfg1, ids, baseline=baseline_params(cfg1, ids))
+    s1.add_trials(copies[:2])  # a copy step killed after two trials
+    n = carry_history(s1, cfg1, ids, [r0], url, say=lambda m: None)
+    assert n == 4 and s1.user_attrs[COPIED_ATTR] == 4
+    assert carry_history(s1, cfg1, ids, [r0], url, say=lambda m: None) == 4  # once
+    got = sorted(s1.get_trials(), key=lambda t: t.user_attrs["copied_from"]["number"])
+    assert [t.user_attrs["copied_from"] for t in got] == \
+        [{"study": "hc", "number": i} for i in range(4)]
+    for t, o in zip(got, r0.get_trials()):
+        assert t.values == o.values and t.params == o.params
+        assert t.intermediate_values == o.intermediate_values
+        assert t.user_attrs["spec"] == o.user_attrs["spec"]
+        assert t.user_attrs["aspects"] == o.user_attrs["aspects"]
+        assert "r1-p0.txt" in t.distributions["system"].choices
+    assert got[0].user_attrs["role"] == "baseline"  # the round compares against it
+    assert got[1].user_attrs["copied_role"] == "enqueued-0" and "role" not in got[1].user_attrs
+    # TPE asks in the round's space on top of the copies (a copy under round 0's narrower
+    # distributions would make Optuna refuse the new preamble choice)
+    s1.enqueue_trial({"system": "r1-p0.txt", "k": 0})
+    t = s1.ask()
+    spec = suggest(t, cfg1, ids)
+    assert spec.system_name == "r1-p0.txt"
+    t.set_user_attr("spec", spec.to_dict())
+    s1.tell(t, 4.5)
+    # the copied fixed-set trial exports from the round study like the original
+    record_export_info(s1, cfg1)
+    b = export_bundle(s1, tmp_path / "b.json", trial_number=got[3].number)
+    assert b.scores.overall == pytest.approx(3.8) and [e.id for e in b.examples] == ["coding-002"]
+    assert b.system == (REPO / "pools" / "system_prompts" / "concise.txt").read_text()
+    # a round over another pool (a restyle) copies no retrieval trial: its old score would
+    # belong to other examples; preamble-only and fixed-set trials render the same prompts
+    other = tmp_path / "pool.restyled.jsonl"
+    other.write_text((REPO / "pools" / "default.jsonl").read_text())
+    cfg2 = round_config(cfg, 2, [str(new)], str(other), [], True)
+    s2 = open_study(cfg2, url)
+    assert carry_history(s2, cfg2, ids, [r0, s1], url, say=lambda m: None) == 4
+    kinds = sorted(t.user_attrs["spec"]["strategy"] for t in s2.get_trials())
+    assert kinds == ["fixed", "fixed", "none", "none"]  # round 1's own new trial came along
+
+
+def test_knn_over_a_mixed_pool_keeps_one_of_an_example_and_its_restyle():
+    from icl_search.index import Embedder, PoolIndex
+    from icl_search.pool import Example, Pool
+    from icl_search.selection import Selector
+
+    base = Pool.load(REPO / "pools" / "default.jsonl")
+    rows = list(base)
+    rows += [Example(id=f"{e.id}.restyled", query=e.query, answer=f"Happy to help!\n\n{e.answer}",
+                     category=e.category, source="restyled", meta={"original_id": e.id})
+             for e in base]
+    index = PoolIndex.build(Pool(rows), Embedder())
+    query = "How can I make my Python code run faster when it loops over a big list?"
+    for strategy in ("knn", "mmr", "hybrid", "balanced"):
+        sel = Selector(index, strategy=strategy, k=4, fixed_ids=["coding-003"])
+        for picked in sel.select_many([query, EVAL_QUERY]):
+            families = [(s.example.meta or {}).get("original_id") or s.id for s in picked]
+            assert len(picked) == 4 and len(set(families)) == 4, (strategy, families)
+    # the better-ranked of a pair is kept, so the mixed pool retrieves the same examples (an
+    # original or its restyle) in the same order as the originals alone
+    plain = Selector(PoolIndex.build(base, Embedder()), strategy="knn", k=4).select(query)
+    mixed = Selector(index, strategy="knn", k=4).select(query)
+    assert [(s.example.meta or {}).get("original_id") or s.id for s in mixed] == \
+        [s.id for s in plain]

@@ -172,11 +172,22 @@ def report(config: Path = typer.Argument(..., help="Study config (TOML).")) -> N
 
 
 def _report(cfg, _rounds=None) -> None:
-    from icl_search.propose import rounds_table
+    from icl_search.propose.tables import proposals_table, rounds_table
 
-    t = Table("round", "study", "trials", "proposals", "best", "best preamble", "proposed in")
+    def origin(r):
+        return "config" if not r else f"round {r}"
+
+    t = Table("round", "study", "own trials", "copied", "proposals", "best", "best preamble",
+              "proposed in", title="rounds (a round holds the earlier rounds' trials as copies)")
     for r in rounds_table(cfg):
-        t.add_row(str(r["round"]), r["study"], str(r["trials"]), str(r["proposals"]),
-                  "-" if r["best"] is None else f"{r['best']:.3f}", str(r["system"] or "-"),
-                  "config" if r["proposed_in"] == 0 else f"round {r['proposed_in']}")
+        t.add_row(str(r["round"]), r["study"], str(r["trials"]), str(r["copied"]),
+                  str(r["proposals"]), "-" if r["best"] is None else f"{r['best']:.3f}",
+                  str(r["system"] or "-"), origin(r["proposed_in"]))
+    Console().print(t)
+    t = Table("preamble", "proposed in", "parents", "trials", "best", "best of round",
+              title="preambles")
+    for p in proposals_table(cfg):
+        t.add_row(p["name"], origin(p["proposed_in"]), ", ".join(p["parents"]) or "-",
+                  str(p["trials"]), "-" if p["best"] is None else f"{p['best']:.3f}",
+                  ", ".join(map(str, p["won"])) or "-")
     Console().print(t)

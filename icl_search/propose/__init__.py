@@ -15,11 +15,12 @@ from icl_search.propose.proposer import (
     parse_proposer_spec,
 )
 from icl_search.propose.restyle import RestyleResult, restyle_pool
-from icl_search.propose.rounds import round_config, round_name, rounds_table, run_rounds
+from icl_search.propose.rounds import round_config, round_name, run_rounds
+from icl_search.propose.tables import proposals_table, rounds_table
 
 __all__ = [
     "Brief", "LeakGuard", "PreambleCheck", "Proposal", "ProposeError", "Proposer",
     "ProposerSpec", "RestyleCheck", "RestyleResult", "RoundProposals", "key_token_recall",
-    "make_proposer", "parse_proposer_spec", "propose_preambles", "restyle_pool", "round_config",
-    "round_name", "rounds_table", "run_rounds",
+    "make_proposer", "parse_proposer_spec", "proposals_table", "propose_preambles",
+    "restyle_pool", "round_config", "round_name", "rounds_table", "run_rounds",
 ]

@@ -92,8 +92,8 @@ def brief_from_studies(rounds: Sequence[tuple[Any, Any]], pool, queries, *,
     for cfg, study in rounds:
         files = system_choices(cfg)
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.values is None or "spec" not in t.user_attrs:
-                continue
+            if t.values is None or "spec" not in t.user_attrs or "copied_from" in t.user_attrs:
+                continue  # a copy (icl_search.propose.history) repeats an earlier round's trial
             name = t.user_attrs["spec"]["system_name"]
             v = float(t.values[0])
             done.append((v, cfg, t))

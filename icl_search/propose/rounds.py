@@ -8,12 +8,16 @@ its parent round and hold its proposals (texts included), so workers on another 
 (PostgreSQL) rebuild the same files from the storage instead of proposing again. The
 proposing step runs under the study's ask lock: one worker proposes, the others find it done.
 
-Each later round is seeded (enqueued) with the best configuration so far under each new preamble,
-and with the `top` best configurations of every round so far; a configuration evaluated before
-costs nothing, as the generation and judge caches answer it. Rounds persist and resume like a
-study: a round whose trial budget is spent runs no trial, stored proposals are not asked again.
-Each round has the trial budget `optuna.n_trials`; only the last round runs the confirmation
-stage, so it confirms the best configurations of the whole search.
+Each later round starts from what is known: the earlier rounds' finished trials are copied into
+its study (`icl_search.propose.history`: with their scores and attrs, once, under the ask lock,
+resumable), and they are not part of the round's trial budget: every round runs
+`optuna.n_trials` trials of its own. The round is also seeded (enqueued) with the `top` best
+configurations so far under each new preamble. A configuration evaluated before costs
+nothing, as the generation and judge caches answer it. Rounds persist and resume like a study:
+a round whose trial budget is spent runs no trial, stored proposals are not asked again. All
+rounds keep their trial artifacts in the config's one artifact folder, so a copy's artifact id
+resolves from any round. Only the last round runs the confirmation stage: it holds the whole
+search's trials, so it confirms the best configurations of every round.
 """
 
 from __future__ import annotations
@@ -24,6 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from icl_search.propose.checks import LeakGuard, PreambleCheck, RestyleCheck
+from icl_search.propose.history import (
+    COPIED_ATTR,
+    SOURCE,
+    history_trials,
+    is_copy,
+    original_trials,
+    source_key,
+)
 from icl_search.propose.preambles import (
     MANIFEST,
     Proposal,
@@ -33,6 +45,7 @@ from icl_search.propose.preambles import (
 )
 from icl_search.propose.proposer import ProposeError, make_proposer
 from icl_search.propose.restyle import restyle_pool
+from icl_search.propose.tables import rounds_table
 
 ATTR = "propose"
 
@@ -65,10 +78,14 @@ def context_fit(engine, template, max_tokens: int) -> Callable[[str], str | None
 
 def round_config(cfg, r: int, preambles: list[str], pool_path: str | None,
                  seeds: list[dict[str, Any]], last: bool):
+    # a later round enqueues only its seeds: the config's enqueued references (and the
+    # baseline) are among the trials copied in from round 0 (`carry_history`)
     search = cfg.search.model_copy(update={
         "system_prompts": [*cfg.search.system_prompts, *preambles],
-        "enqueue": [*cfg.search.enqueue, *seeds]})
-    update: dict[str, Any] = {"name": round_name(cfg, r), "search": search}
+        "enqueue": seeds if r > 0 else list(cfg.search.enqueue)})
+    # one artifact folder for every round: a copied trial's artifact id resolves from each
+    update: dict[str, Any] = {"name": round_name(cfg, r), "search": search,
+                              "artifacts_dir": str(cfg.artifacts_path)}
     if pool_path:
         update["pool"] = cfg.pool.model_copy(update={"path": pool_path, "index_dir": None})
     if not last:
@@ -77,25 +94,58 @@ def round_config(cfg, r: int, preambles: list[str], pool_path: str | None,
 
 
 def seeds_for(done: list[tuple[Any, Any]], new_names: list[str], top: int) -> list[dict]:
-    """The best configuration so far under each new preamble, then the `top` best so far."""
-    from optuna.trial import TrialState
-
-    trials = [t for _, s in done
-              for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-              if t.values is not None]
-    trials.sort(key=lambda t: -t.values[0])
-    if not trials:
-        return []
-    # the new preambles first: a small round budget must still try each of them
-    out: list[dict] = [dict(trials[0].params) | {"system": n} for n in new_names]
-    kept = 0
-    for t in trials:
-        if kept >= top:
-            break
-        if t.params not in out:
-            out.append(dict(t.params))
-            kept += 1
+    """Under each new preamble, the `top` best distinct configurations so far. The earlier
+    trials themselves are not enqueued again: they are copied into the round
+    (`carry_history`)."""
+    trials = sorted(original_trials(s for _, s in done), key=lambda t: -t.values[0])
+    out: list[dict] = []
+    for name in new_names:  # a small round budget must still try each new preamble
+        kept = 0
+        for t in trials:
+            if kept >= top:
+                break
+            params = dict(t.params) | {"system": name}
+            if params not in out:
+                out.append(params)
+                kept += 1
     return out
+
+
+def _export_pool(study) -> tuple[Any, Any]:
+    from icl_search.study.export import EXPORT_ATTR
+
+    info = study.user_attrs.get(EXPORT_ATTR) or {}
+    return info.get("pool_path"), info.get("index_dir")
+
+
+def carry_history(study, cfg_r, candidates: list[str], earlier: list[Any], url: str,
+                  say: Callable[[str], None] = print) -> int:
+    """Copy the `earlier` round studies' finished trials into the round's `study`, once: under
+    the ask lock, so of several workers one copies; a copy step killed half-way is finished on
+    resume without copying a trial twice. Returns how many copies the study holds."""
+    from icl_search.study.runner import ask_lock
+    from icl_search.study.space import baseline_params
+
+    if COPIED_ATTR in study.user_attrs:
+        return study.user_attrs[COPIED_ATTR]
+    with ask_lock(study, url):
+        if COPIED_ATTR in study.user_attrs:  # another worker copied meanwhile
+            return study.user_attrs[COPIED_ATTR]
+        have = {source_key(t.user_attrs[SOURCE]) for t in study.get_trials(deepcopy=False)
+                if is_copy(t)}
+        pool = (str(cfg_r.path(cfg_r.pool.path).resolve()),
+                str(cfg_r.path(cfg_r.pool.index_dir).resolve()) if cfg_r.pool.index_dir
+                else None)
+        new, skipped = history_trials(earlier, cfg_r, candidates,
+                                      same_pool=lambda s: _export_pool(s) == pool,
+                                      baseline=baseline_params(cfg_r, candidates), have=have)
+        study.add_trials(new)
+        n = len(have) + len(new)
+        study.set_user_attr(COPIED_ATTR, n)
+    left = ", ".join(f"{v} ({k})" for k, v in skipped.items() if v)
+    say(f"round study {study.study_name}: {n} earlier trial(s) copied in (not in its budget)"
+        + (f"; left out: {left}" if left else ""))
+    return n
 
 
 @dataclass
@@ -212,13 +262,18 @@ def run_rounds(cfg, *, engine=None, judge=None, say: Callable[[str], None] = pri
         judge = ev.judge
         say(f"round {r}: study {cfg_r.name}, {len(cfg_r.search.system_prompts)} preambles, "
             f"{len(ev.pool)} pool examples")
-        s = run_study(cfg_r, ev, storage_url=url, progress=say)
         study_r = open_study(cfg_r, url)
+        copied = 0
+        if r > 0:
+            copied = carry_history(study_r, cfg_r, cfg_r.search.fixed_candidates or ev.pool.ids,
+                                   [s for _, s in done], url, say=say)
+        s = run_study(cfg_r, ev, storage_url=url, progress=say,
+                      n_trials=cfg_r.optuna.n_trials + copied)
         if r == 0:
             study_r.set_user_attr("propose_rounds", n_rounds)
         done.append((cfg_r, study_r))
         summary.rounds.append({"round": r, "study": cfg_r.name, "finished": s.finished,
-                               "pruned": s.pruned, "failed": s.failed,
+                               "pruned": s.pruned, "failed": s.failed, "copied": copied,
                                "best": _best(study_r)})
     return summary
 
@@ -272,33 +327,6 @@ def existing_rounds(cfg) -> list[tuple[Any, Any]]:
         out.append((round_config(cfg, r, preambles, pool, [], True), study))
         r += 1
     return out
-
-
-def rounds_table(cfg) -> list[dict[str, Any]]:
-    """Per round: its study, its best trial, and where that trial's preamble came from (the
-    round that proposed it, or 0 for the config's own)."""
-    import optuna
-
-    from icl_search.study.runner import make_storage
-
-    storage = make_storage(cfg)
-    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    origin: dict[str, int] = {}
-    rows = []
-    r = 0
-    while round_name(cfg, r) in names:
-        study = optuna.load_study(study_name=round_name(cfg, r), storage=storage)
-        for a in study.user_attrs.get(ATTR, {}).get("proposals", {}).get("accepted", []):
-            origin[a["name"]] = r
-        best = _best(study)
-        system = best["system"] if best else None
-        rows.append({"round": r, "study": study.study_name, "trials": len(study.trials),
-                     "best": best["value"] if best else None, "system": system,
-                     "proposed_in": origin.get(system, 0) if system else None,
-                     "proposals": len(study.user_attrs.get(ATTR, {}).get("proposals", {})
-                                      .get("accepted", []))})
-        r += 1
-    return rows
 
 
 __all__ = ["Proposal", "RoundProposals", "round_config", "round_name", "rounds_table",

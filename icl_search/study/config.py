@@ -207,7 +207,8 @@ class ProposeSection(_Strict):
     rounds: int = Field(1, ge=0, description="rounds after round 0 (the config's own space)")
     per_round: int = Field(4, ge=1, le=32, description="preambles asked for per round")
     restyle: bool = Field(False, description="round 1 also restyles the pool's answers")
-    top: int = Field(3, ge=0, description="best configurations so far enqueued per round")
+    top: int = Field(1, ge=0, description="per new preamble, the best configurations so far "
+                     "enqueued with it (the earlier trials are copied into each round, not rerun)")
     max_chars: int = Field(2000, ge=50, description="longest preamble accepted")
     min_recall: float = Field(0.6, ge=0, le=1, description="restyle: key-token recall needed")
     min_cosine: float = Field(0.8, ge=-1, le=1, description="restyle: cosine to the original")

@@ -99,7 +99,10 @@ def ensure_baseline(study: optuna.Study, cfg: StudyConfig, pool_ids: list[str], 
     with ask_lock(study, url):
         if study.user_attrs.get(BASELINE_ATTR):
             return
-        study.enqueue_trial(baseline_params(cfg, pool_ids), user_attrs={"role": "baseline"})
+        # a round of icl_search.propose may hold a finished copy of the baseline already
+        if not any(t.user_attrs.get("role") == "baseline" for t in study.get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE,))):
+            study.enqueue_trial(baseline_params(cfg, pool_ids), user_attrs={"role": "baseline"})
         for i, params in enumerate(cfg.search.enqueue):
             study.enqueue_trial(params, user_attrs={"role": f"enqueued-{i}"})
         study.set_user_attr(BASELINE_ATTR, True)
