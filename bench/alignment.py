@@ -12,7 +12,7 @@ a hash of their id (disjoint, deterministic): search, confirm, test.
 4. Gains with 95% bootstrap intervals and Wilcoxon p-values under the study's judge and an
    independent one, win rates, and the rule checks' pass rate.
 
-    .venv/bin/python bench/alignment.py                      # defaults (~30 min on 2 cores)
+    .venv/bin/python bench/alignment.py                      # defaults (see bench/results/alignment.json: seconds)
     .venv/bin/python bench/alignment.py --trials 4 --search-queries 8 --confirm-queries 10 \\
         --test-queries 12                                    # a quick run
     .venv/bin/python bench/alignment.py --bundle B.json --test my_queries.jsonl   # steps 3-4
@@ -341,7 +341,9 @@ def known_split(spec: str) -> tuple[Path | None, dict | None]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--trials", type=int, default=12, help="study trials (default 12)")
+    # 6 trials = one engine batch: at 160 tokens a batch of 6 trials x 24 queries took ~30 min
+    # on the shared 2 cores (load 9-18), so 12 trials did not fit the ~30-60 min budget.
+    ap.add_argument("--trials", type=int, default=6, help="study trials (default 6: one batch)")
     ap.add_argument("--search-queries", type=int, default=24)
     ap.add_argument("--confirm-queries", type=int, default=24)
     ap.add_argument("--test-queries", type=int, default=40)
