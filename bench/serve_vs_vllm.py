@@ -22,7 +22,11 @@ answer early; token counts are reported). Each server answers 2 uncounted warm-u
 
 Figures per server: requests/s and generated tok/s over the wall time of the whole load,
 latency p50/p95 (request sent -> last chunk), time to first token p50/p95, errors; and the
-ratios icl-search / vLLM. Targets: throughput >= 0.95 of vLLM's, p50 latency within +10%.
+ratios icl-search / vLLM. Also the CPU time each server spent on its rounds (`cpu_s`: user +
+system seconds of the server process and of its children, vLLM's engine core included, read
+before and after each of its rounds), split into the front end (HTTP, retrieval, tokenising)
+and the engine: on a shared machine the wall-clock ratio moves with the other jobs' load, the
+CPU seconds per request much less. Targets: throughput >= 0.95 of vLLM's, p50 latency within +10%.
 Prints a table and writes `bench/results/serve-vs-vllm.json` (`serve-vs-vllm-default.json`
 for `--model default`).
 
@@ -53,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx
 import openai
+import psutil
 
 from icl_search.bundle import Bundle
 from icl_search.engines.base import SamplingParams
@@ -163,6 +168,19 @@ def start_vllm(model: str, port: int, max_model_len: int, log: Path
     return proc, time.perf_counter() - t0
 
 
+def cpu_seconds(proc: subprocess.Popen) -> dict[str, float]:
+    """User + system CPU seconds so far of a server process (`front`) and its children
+    (`engine`: vLLM's engine core and helpers)."""
+    def used(p: psutil.Process) -> float:
+        try:
+            t = p.cpu_times()
+            return t.user + t.system
+        except psutil.NoSuchProcess:
+            return 0.0
+    root = psutil.Process(proc.pid)
+    return {"front": used(root), "engine": sum(used(c) for c in root.children(recursive=True))}
+
+
 def one_request(client: openai.OpenAI, prompt: str, body: dict) -> dict:
     t0 = time.perf_counter()
     ttft = None
@@ -213,6 +231,7 @@ def run_load(base_url: str, jobs: list[tuple[int, str]], clients: int, body: dic
 
 def summarise(rounds: list[dict], requests: int) -> dict:
     wall = sum(r["wall"] for r in rounds)
+    cpu = {k: sum(r["cpu"][k] for r in rounds) for k in ("front", "engine")}
     done = [d for r in rounds for d in r["done"].values()]
     errors = [e for r in rounds for e in r["errors"]]
     lat = [r["latency"] for r in done]
@@ -225,6 +244,9 @@ def summarise(rounds: list[dict], requests: int) -> dict:
         "completion_tokens": tokens,
         "latency_p50_s": round(pct(lat, 50), 3), "latency_p95_s": round(pct(lat, 95), 3),
         "ttft_p50_s": round(pct(ttft, 50), 3), "ttft_p95_s": round(pct(ttft, 95), 3),
+        "cpu_s": {"front": round(cpu["front"], 2), "engine": round(cpu["engine"], 2),
+                  "total": round(cpu["front"] + cpu["engine"], 2)},
+        "cpu_s_per_request": round((cpu["front"] + cpu["engine"]) / max(1, len(done)), 3),
     }
 
 
@@ -318,9 +340,12 @@ def main() -> None:
             order = list(bodies) if i % 2 == 0 else list(reversed(bodies))
             for name in order:
                 loads.append(os.getloadavg()[0])
+                cpu0 = cpu_seconds(servers[name][0])
                 rounds[name].append(run_load(servers[name][1],
                                              [(j, prompts[name][j]) for j in ids],
                                              args.clients, bodies[name]))
+                cpu1 = cpu_seconds(servers[name][0])
+                rounds[name][-1]["cpu"] = {k: cpu1[k] - cpu0[k] for k in cpu0}
         # How the icl-search server's prep batcher grouped the requests (warm-up included).
         prep = httpx.get(servers["icl-search"][1].removesuffix("/v1") + "/health",
                          timeout=30).json().get("prep")
@@ -367,6 +392,9 @@ def main() -> None:
             "latency_p50": ratio(ours["latency_p50_s"], ref["latency_p50_s"]),
             "latency_p95": ratio(ours["latency_p95_s"], ref["latency_p95_s"]),
             "ttft_p50": ratio(ours["ttft_p50_s"], ref["ttft_p50_s"]),
+            "cpu_s_per_request": ratio(ours["cpu_s_per_request"], ref["cpu_s_per_request"]),
+            "cpu_s_front": ratio(ours["cpu_s"]["front"], ref["cpu_s"]["front"]),
+            "cpu_s_engine": ratio(ours["cpu_s"]["engine"], ref["cpu_s"]["engine"]),
         },
     }
     r = res["ratios_icl_over_vllm"]
@@ -378,13 +406,15 @@ def main() -> None:
           f"{args.requests} requests in {args.rounds} alternating rounds, max_tokens "
           f"{max_tokens} (greedy, ignore_eos), prompt ~{res['prompt_tokens_mean']:.0f} tokens")
     print(f"{'server':<12}{'ok':>5}{'err':>5}{'wall s':>9}{'req/s':>8}{'tok/s':>8}"
-          f"{'p50 s':>8}{'p95 s':>8}{'ttft50':>8}{'ttft95':>8}")
+          f"{'p50 s':>8}{'p95 s':>8}{'ttft50':>8}{'ttft95':>8}{'cpu front':>10}{'cpu eng':>9}")
     for name, x in results.items():
         print(f"{name:<12}{x['ok']:>5}{x['errors']:>5}{x['wall_s']:>9.2f}"
               f"{x['requests_per_s']:>8.2f}{x['tokens_per_s']:>8.0f}{x['latency_p50_s']:>8.2f}"
-              f"{x['latency_p95_s']:>8.2f}{x['ttft_p50_s']:>8.2f}{x['ttft_p95_s']:>8.2f}")
+              f"{x['latency_p95_s']:>8.2f}{x['ttft_p50_s']:>8.2f}{x['ttft_p95_s']:>8.2f}"
+              f"{x['cpu_s']['front']:>10.1f}{x['cpu_s']['engine']:>9.1f}")
     print(f"icl-search / vLLM: throughput {r['requests_per_s']} (target >= 0.95), p50 latency "
-          f"{r['latency_p50']} (target <= 1.10), TTFT p50 {r['ttft_p50']}; prompt tokens agree "
+          f"{r['latency_p50']} (target <= 1.10), TTFT p50 {r['ttft_p50']}, CPU s per request "
+          f"{r['cpu_s_per_request']}; prompt tokens agree "
           f"{res['prompt_tokens_agree']}, completion tokens {res['completion_tokens_agree']}; "
           f"icl-search prep batches {prep}; "
           f"load {res['load_avg_1m']['min']}-{res['load_avg_1m']['max']} on {os.cpu_count()} "

@@ -20,7 +20,9 @@ pruning cuts trial-queries, the caches cut model calls for configurations TPE re
 (every prompt of a trial shares its preamble and fixed examples). `--ablate` adds, for the
 first cell of the grid, the same study with the pruner off and with prefix caching off.
 
-Prints a table and writes `bench/results/study-cost.json` (`study-cost-default.json`).
+Prints a table and writes `bench/results/study-cost.json` (`study-cost-default.json`);
+`--merge` keeps the cells of that file this run does not redo (a grid run in parts), and
+`runs` lists the command lines that made it.
 
     .venv/bin/python bench/study_cost.py --trials 8,32 --queries 8,32          # tiny, partial
     .venv/bin/python bench/study_cost.py --model default --trials 8 --queries 8
@@ -175,6 +177,9 @@ def main() -> None:
                     help="also run the first cell with the pruner off and prefix caching off")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the cells of an existing results file that this run does not "
+                         "redo (e.g. add the 128-query column to an earlier grid)")
     args = ap.parse_args()
     args.max_tokens = args.max_tokens or 48
     trials = [int(x) for x in args.trials.split(",") if x.strip()]
@@ -200,14 +205,22 @@ def main() -> None:
     evalset = eval_file(tmp, max(queries))
 
     rows: list[dict] = []
+    earlier: list[dict] = []
+    runs: list[str] = []
+    if args.merge and out_path.is_file():
+        old = json.loads(out_path.read_text(encoding="utf-8"))
+        earlier, runs = old.get("cells", []), list(old.get("runs", []))
+    runs.append("python bench/study_cost.py " + " ".join(sys.argv[1:]))
 
     def result() -> dict:
+        redone = {r["cell"] for r in rows}
+        cells = [c for c in earlier if c["cell"] not in redone] + rows
         return {
             "benchmark": "study-cost", "model": args.model, "generator_path": model,
             "judge": f"logprob:vllm:{judge_model}", "max_tokens": args.max_tokens,
             "batch_trials": args.batch_trials, "chunk": args.chunk, "seed": args.seed,
             "decoding": "greedy (temperature 0), repetition_penalty 1.1",
-            "cells": rows, "wall_s": time.perf_counter() - started,
+            "cells": cells, "runs": runs, "wall_s": time.perf_counter() - started,
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "platform": platform.platform()},
         }
@@ -232,7 +245,7 @@ def main() -> None:
           f"{args.batch_trials} trials, pruning chunks of {args.chunk} queries")
     print(f"{'cell':<26}{'wall s':>8}{'s/trial':>8}{'fin/pr':>8}{'trial-q':>9}{'naive':>7}"
           f"{'gen run':>9}{'judge run':>10}{'calls/naive':>12}")
-    for r in rows:
+    for r in res["cells"]:
         print(f"{r['cell']:<26}{r['wall_s']:>8.0f}{r['seconds_per_trial']:>8.1f}"
               f"{r['finished']:>4}/{r['pruned']:<3}{r['trial_queries']:>9}"
               f"{r['naive_trial_queries']:>7}{r['generations_run']:>9}{r['judge_items_run']:>10}"
