@@ -134,9 +134,9 @@ def serve_cmd(
              "GPU).")] = None,
     engine_arg: Annotated[list[str] | None, typer.Option(
         "--engine-arg", metavar="NAME=VALUE",
-        help="Any other vLLM engine argument, repeatable, as in a study config's "
-             "[model.engine_args]: a `vllm serve` flag with - as _, the value read as JSON "
-             "else text (--engine-arg max_num_seqs=16 --engine-arg quantization=fp8).")
+        help="Any other vLLM engine argument, repeatable, as a study config's "
+             "model.engine_args takes them: a `vllm serve` flag with - as _, the value read "
+             "as JSON else text (--engine-arg max_num_seqs=16 --engine-arg quantization=fp8).")
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
 ) -> None:
