@@ -325,6 +325,7 @@ def main() -> None:
     servers: dict[str, tuple[subprocess.Popen, str, float]] = {}
     rounds: dict[str, list[dict]] = {m: [] for m in bodies}
     loads: list[float] = []
+    timeline: list[dict] = []  # each round in the order run: which server, wall, CPU, load
     try:
         for name, body in bodies.items():
             port = free_port()
@@ -346,6 +347,11 @@ def main() -> None:
                                              args.clients, bodies[name]))
                 cpu1 = cpu_seconds(servers[name][0])
                 rounds[name][-1]["cpu"] = {k: cpu1[k] - cpu0[k] for k in cpu0}
+                timeline.append({"round": i, "server": name,
+                                 "wall_s": round(rounds[name][-1]["wall"], 2),
+                                 "cpu_s": {k: round(v, 2) for k, v in
+                                           rounds[name][-1]["cpu"].items()},
+                                 "load_1m": round(loads[-1], 2)})
         # How the icl-search server's prep batcher grouped the requests (warm-up included).
         prep = httpx.get(servers["icl-search"][1].removesuffix("/v1") + "/health",
                          timeout=30).json().get("prep")
@@ -386,6 +392,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},
         "servers": results,
+        "rounds_run": timeline,
         "ratios_icl_over_vllm": {
             "requests_per_s": ratio(ours["requests_per_s"], ref["requests_per_s"]),
             "tokens_per_s": ratio(ours["tokens_per_s"], ref["tokens_per_s"]),
