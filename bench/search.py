@@ -39,6 +39,7 @@ Trial counts are deterministic for given seeds; run time does not enter the figu
     .venv/bin/python bench/search.py                         # TPE (study settings) vs random
     .venv/bin/python bench/search.py --tpe study,startup10   # also try other TPE settings
     .venv/bin/python bench/search.py --proposals             # rounds with proposals vs fixed
+    .venv/bin/python bench/search.py --embedded --per-round 4  # the same on Gemma 270M, confirmed
 
 Prints a table and writes `bench/results/search.json`.
 
@@ -77,7 +78,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import optuna
-from optuna.trial import TrialState
 
 from icl_search.io import write_json
 from icl_search.pool import Pool
@@ -330,6 +330,58 @@ def proposals_main(args, cfg0, pool_ids) -> None:
     print(f"wrote {out}")
 
 
+def embedded_main(args) -> None:
+    """`--embedded`: the embedded default (`studies/demo.toml`: Gemma 3 270M base, the default
+    judge, its confirm set) with and without proposals, the base model as its own proposer
+    (`[propose] spec = "self"`, 1 round of `--per-round` preambles, no restyle), at the same
+    budget: `study run` with the config's `n_trials`, against `propose run` with half of them
+    per round. Both studies share the user cache, so round 0 of the rounds arm replays the
+    plain study's first trials for free. Writes `bench/results/search_proposals_default.json`:
+    each arm's confirmation summary (the confirmed best and its gains over the baselines)."""
+    import re
+    import subprocess
+
+    from icl_search.study.confirm import summarize
+
+    folder = ROOT / "runs" / "propose-figure"
+    folder.mkdir(parents=True, exist_ok=True)
+    src = re.sub(r'"(\.\./[^"]*)"', lambda m: f'"{(ROOT / "studies" / m.group(1)).resolve()}"',
+                 (ROOT / "studies" / "demo.toml").read_text())
+    n = load_config(ROOT / "studies" / "demo.toml").optuna.n_trials
+    without = folder / "without.toml"
+    without.write_text(src.replace('name = "demo"', 'name = "pf-without"'))
+    with_ = folder / "with.toml"
+    with_.write_text(re.sub(r"(?m)^n_trials = \d+", f"n_trials = {n // 2}",
+                            src.replace('name = "demo"', 'name = "pf-with"'))
+                     + f'\n[propose]\nspec = "self"\nrounds = 1\nper_round = {args.per_round}'
+                       '\nrestyle = false\n')
+    load = [round(os.getloadavg()[0], 2)]
+    t0 = time.perf_counter()
+    cli = [sys.executable, "-m", "icl_search.cli"]
+    for cmd in (["study", "run", str(without)], ["propose", "run", str(with_)]):
+        print("$ icl-search " + " ".join(cmd), flush=True)
+        subprocess.run(cli + cmd, check=True)
+    load.append(round(os.getloadavg()[0], 2))
+    res: dict = {"config": "studies/demo.toml", "budget_trials": n,
+                 "per_round": args.per_round, "seconds": time.perf_counter() - t0,
+                 "machine": {"cpus": os.cpu_count(), "load_avg_1m_start": load[0],
+                             "load_avg_1m_end": load[1]}}
+    for arm, path, study_name in (("without", without, "pf-without"),
+                                  ("with", with_, "pf-with.r1")):
+        cfg = load_config(path)
+        study = optuna.load_study(study_name=study_name, storage=cfg.storage_url)
+        summary = summarize(study)
+        own = [t for t in study.trials if "copied_from" not in t.user_attrs]
+        res[arm] = {"study": study_name, "trials_own": len(own),
+                    "confirm": summary.to_dict() if summary else None}
+        print(f"{arm:<8} {study_name}: {summary.sentence() if summary else 'not confirmed'}")
+    rounds = optuna.load_study(study_name="pf-with.r1", storage=load_config(with_).storage_url)
+    res["proposals"] = rounds.user_attrs.get("propose", {}).get("proposals")
+    out = RESULTS.with_name("search_proposals_default.json")
+    write_json(out, res)
+    print(f"wrote {out}")
+
+
 def tpe_variant(cfg: StudyConfig, name: str) -> optuna.samplers.BaseSampler:
     """`study`: exactly `make_sampler(cfg)`; the others change one or two settings."""
     if name == "study":
@@ -365,6 +417,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--proposals", action="store_true",
                     help="rounds with proposals vs the fixed space (see the module docstring)")
+    ap.add_argument("--embedded", action="store_true",
+                    help="the embedded default with and without proposals, confirmed (see "
+                         "embedded_main; minutes to an hour on CPU)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--round-trials", type=int, default=40, help="trials per round")
     ap.add_argument("--count", choices=("trials", "paid"), default="trials",
@@ -381,6 +436,9 @@ def main() -> None:
 
     cfg0 = load_config(args.config)
     pool_ids = cfg0.search.fixed_candidates or Pool.load(cfg0.path(cfg0.pool.path)).ids
+    if args.embedded:
+        embedded_main(args)
+        return
     if args.proposals:
         proposals_main(args, cfg0, pool_ids)
         return

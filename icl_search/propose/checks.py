@@ -92,6 +92,29 @@ class RestyleCheck:
     max_chars: int = 8000
 
     def reason(self, query: str, original: str, text: str | None) -> str | None:
+        return self.reasons([(query, original, text)])[0]
+
+    def reasons(self, items: list[tuple[str, str, str | None]]) -> list[str | None]:
+        """`reason` for many (query, original, restyle) triples; the texts that pass the
+        cheap checks are embedded in one call (one call per restyle took most of the time)."""
+        out: list[str | None] = [self._cheap(*it) for it in items]
+        todo = [i for i, why in enumerate(out) if why is None]
+        if self.embed is not None and todo:
+            vecs = np.asarray(self.embed([t for i in todo for t in
+                                          (items[i][1], items[i][2].strip())]),
+                              dtype=np.float32).reshape(len(todo), 2, -1)
+            for i, (a, b) in zip(todo, vecs):
+                cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) or 1.0))
+                if cos < self.min_cosine:
+                    out[i] = f"drops content (cosine {cos:.2f} < {self.min_cosine})"
+        for i in todo:
+            query, _, text = items[i]
+            if out[i] is None and self.guard is not None and \
+                    (qid := self.guard.copied(text.strip())) and self.guard.copied(query) != qid:
+                out[i] = f"copies eval/confirm query {qid!r}"
+        return out
+
+    def _cheap(self, query: str, original: str, text: str | None) -> str | None:
         if why := _text_problem(text, self.max_chars, self.template):
             return why
         text = text.strip()
@@ -103,14 +126,6 @@ class RestyleCheck:
         recall = key_token_recall(original, text)
         if recall < self.min_recall:
             return f"drops content (key-token recall {recall:.2f} < {self.min_recall})"
-        if self.embed is not None:
-            a, b = np.asarray(self.embed([original, text]), dtype=np.float32)
-            cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) or 1.0))
-            if cos < self.min_cosine:
-                return f"drops content (cosine {cos:.2f} < {self.min_cosine})"
-        if self.guard is not None and (qid := self.guard.copied(text)) and \
-                self.guard.copied(query) != qid:
-            return f"copies eval/confirm query {qid!r}"
         return None
 
 

@@ -38,13 +38,23 @@ def source_key(src: dict[str, Any]) -> tuple[str, int]:
     return src["study"], int(src["number"])
 
 
-def round_distributions(cfg, candidates: Sequence[str], params: dict[str, Any]
-                        ) -> dict[str, Any] | None:
+def _probe() -> optuna.Study:
+    """An in-memory study that only asks: `round_distributions` runs `suggest` in it."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
+    try:
+        return optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    finally:
+        optuna.logging.set_verbosity(level)
+
+
+def round_distributions(cfg, candidates: Sequence[str], params: dict[str, Any],
+                        probe: optuna.Study | None = None) -> dict[str, Any] | None:
     """The distributions the round's `suggest` gives `params`, or None when they are no longer
     a point of the round's space (a value not among the choices)."""
     from icl_search.study.space import suggest
 
-    probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    probe = probe or _probe()
     probe.enqueue_trial(params)
     t = probe.ask()
     try:
@@ -68,6 +78,7 @@ def history_trials(earlier: Iterable[optuna.Study], cfg, candidates: Sequence[st
     Also returns what was left out and why (counts)."""
     out: list[FrozenTrial] = []
     skipped = {"other pool": 0, "outside the space": 0}
+    probe = _probe()
     for study in earlier:
         pool_ok = same_pool(study)
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -80,7 +91,7 @@ def history_trials(earlier: Iterable[optuna.Study], cfg, candidates: Sequence[st
             if not pool_ok and strategy not in POOL_FREE:
                 skipped["other pool"] += 1
                 continue
-            dists = round_distributions(cfg, candidates, t.params)
+            dists = round_distributions(cfg, candidates, t.params, probe)
             if dists is None:
                 skipped["outside the space"] += 1
                 continue

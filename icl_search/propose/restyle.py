@@ -48,8 +48,8 @@ def restyle_pool(pool, proposer: Proposer, check: RestyleCheck, *, out_path: Pat
     texts = proposer.write(tasks, max_tokens=max_tokens, progress=progress)
     new, accepted, rejected = [], [], []
     meta_hash = proposer.meta_hash(TASK)
-    for e, text in zip(originals, texts):
-        why = check.reason(e.query, e.answer, text)
+    reasons = check.reasons([(e.query, e.answer, t) for e, t in zip(originals, texts)])
+    for e, text, why in zip(originals, texts, reasons):
         if why is not None:
             rejected.append({"id": e.id, "reason": why, "text": (text or "")[:200]})
             continue
