@@ -113,9 +113,14 @@ def report_lines(cfg) -> list[str]:
     if last["system"] is not None:
         from icl_search.study.storage import redact
 
-        lines += ["", f"Best of the whole search: study `{last['study']}` trial "
+        from icl_search.study.confirm import summarize
+
+        lines += ["", f"Best search score of the whole search: study `{last['study']}` trial "
                   f"{last['best_trial']} ({f(last['best'])}), preamble `{last['system']}` "
-                  f"({origin(last['proposed_in'])}). Its confirmation (when the config has a "
-                  f"confirm set) and its export are on that study: `icl-search export "
-                  f"{last['study']} --storage {redact(cfg.storage_url)} -o bundle.json`."]
+                  f"({origin(last['proposed_in'])})."]
+        summary = summarize(studies[-1])  # the last round confirms the whole search's best
+        if summary is not None and summary.best is not None:
+            lines.append(f"Confirmation on `{last['study']}`: {summary.sentence()}")
+        lines.append(f"Export from that study: `icl-search export {last['study']} --storage "
+                     f"{redact(cfg.storage_url)} -o bundle.json`.")
     return lines
