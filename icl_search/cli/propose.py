@@ -16,7 +16,7 @@ propose_app = typer.Typer(help="An LM proposes preambles and restyles examples; 
                           "searches over them in rounds.", no_args_is_help=True)
 app.add_typer(propose_app, name="propose")
 err = Console(stderr=True)
-SPEC_HELP = ("Proposer (overrides [propose] spec): self, dspy:<provider>/<model>[@api_base], "
+SPEC_HELP = ("Proposer (overrides \\[propose] spec): self, dspy:<provider>/<model>\\[@api_base], "
              "openai:URL or vllm:NAME_OR_PATH.")
 
 
@@ -75,7 +75,7 @@ def preambles(
     config: Path = typer.Argument(..., help="Study config (TOML); its study so far is the "
                                   "proposer's input."),
     n: Optional[int] = typer.Option(None, "--n", min=1, help="Preambles to ask for "
-                                    "(default [propose] per_round)."),
+                                    "(default \\[propose] per_round)."),
     spec: Optional[str] = typer.Option(None, help=SPEC_HELP),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the preamble files "
                                        "and proposals.json (default: "
@@ -124,7 +124,7 @@ def restyle(
                                        "<artifacts>/proposals/pool.restyled.jsonl)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Restyle only the first N examples."),
     embed_check: bool = typer.Option(True, help="Also require embedder cosine to the "
-                                     "original >= [propose] min_cosine."),
+                                     "original >= \\[propose] min_cosine."),
 ) -> None:
     """Rewrite the pool's answers in the URIAL style; the checked ones join a new pool file."""
     from icl_search.prompt import Template
@@ -149,12 +149,14 @@ def restyle(
 
 @propose_app.command("run")
 def run(
-    config: Path = typer.Argument(..., help="Study config (TOML) with a [propose] section."),
+    config: Path = typer.Argument(..., help="Study config (TOML) with a \\[propose] section."),
     rounds: Optional[int] = typer.Option(None, min=0, help="Rounds after round 0 "
-                                         "(default [propose] rounds)."),
+                                         "(default \\[propose] rounds)."),
 ) -> None:
-    """Run, resume or join the study in rounds: round 0 is the config's space, each later
-    round adds its proposals and is seeded with the best configurations so far."""
+    """Run, resume or join the study in rounds: round 0 is the config's space; each later
+    round adds its proposals, holds the earlier rounds' finished trials as copies (outside its
+    optuna.n_trials budget) and is seeded with the best configurations so far under each new
+    preamble."""
     from icl_search.propose import run_rounds
     from icl_search.study import load_config
 
@@ -165,7 +167,8 @@ def run(
 
 @propose_app.command("report")
 def report(config: Path = typer.Argument(..., help="Study config (TOML).")) -> None:
-    """Per round: trials, best score, best preamble and the round that proposed it."""
+    """Per round: own and copied trials, best score, best preamble and the round that
+    proposed it; per preamble: origin, parents, trials, best score, rounds won."""
     from icl_search.study import load_config
 
     _report(load_config(config))
