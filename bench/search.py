@@ -287,7 +287,7 @@ def proposals_main(args, cfg0, pool_ids) -> None:
     for seed in range(args.seeds):
         cfg = cfg0.model_copy(update={"seed": seed})
 
-        def sim():
+        def sim(cfg=cfg, seed=seed):
             return Simulator(cfg, pool_ids, args.queries, args.noise, seed)
 
         common = (pool_ids, args.rounds, args.per_round, args.round_trials, args.better_rate,

@@ -150,7 +150,7 @@ def write_report(cfg, study: optuna.Study, out: Path) -> list[Path]:
     if best is not None:
         lines += ["| aspect | baseline | best |", "| --- | --- | --- |"]
         for a in aspects + ["overall"]:
-            def val(t):
+            def val(t, a=a):
                 if t is None:
                     return "-"
                 v = t.values[0] if a == "overall" else (t.user_attrs.get("aspects") or {}).get(a)

@@ -41,7 +41,7 @@ def test_clean_cuts_at_stop_and_strips_the_answer_fence():
 
 
 def test_budget_drops_farthest_examples_first():
-    count = lambda s: len(s.split())  # noqa: E731
+    count = lambda s: len(s.split())
     t = Template()
     exs = [("far " * 50, "x " * 50), ("mid " * 10, "y"), ("near", "z")]
     full = count(t.render(SYSTEM, exs, "q"))
@@ -55,7 +55,7 @@ def test_budget_drops_farthest_examples_first():
 
 
 def test_budget_fails_a_query_that_cannot_fit():
-    count = lambda s: len(s.split())  # noqa: E731
+    count = lambda s: len(s.split())
     b = Budget(count, context_window=30)
     fit = b.fit(Template(), SYSTEM, [("a", "b")], "word " * 40, max_tokens=5)
     assert not fit.ok

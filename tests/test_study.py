@@ -289,7 +289,7 @@ def test_evaluator_batches_generation_and_judges_with_the_judge_it_is_given(tmp_
                                                                             tiny_model_dir):
     from icl_search.study import TrialSpec
 
-    cfg, engine, judge, ev = _fake_study(tmp_path, tiny_model_dir)
+    _cfg, engine, judge, ev = _fake_study(tmp_path, tiny_model_dir)
     specs = [TrialSpec("urial_style.txt", 2, "fixed", ("factual-001", "advice-001")),
              TrialSpec("concise.txt", 0, "none", ())]
     recs = ev.evaluate(specs, [0, 1, 2])
@@ -320,7 +320,7 @@ def test_a_prompt_too_long_for_the_window_is_an_error_record_not_a_crash(tmp_pat
     from icl_search.study import TrialSpec
     from icl_search.study.evaluate import Evaluator
 
-    cfg, engine, judge, ev = _fake_study(tmp_path, tiny_model_dir)
+    _cfg, _engine, judge, ev = _fake_study(tmp_path, tiny_model_dir)
     small = Evaluator(engine=FakeEngine(context_window=12), judge=judge, pool=ev.pool,
                       queries=ev.queries, systems=ev.systems, params=ev.params,
                       needs_index=False)
@@ -332,7 +332,7 @@ def test_a_prompt_too_long_for_the_window_is_an_error_record_not_a_crash(tmp_pat
 def test_ask_tell_loop_on_the_fake_engine(tmp_path, tiny_model_dir):
     from icl_search.study.runner import decide
 
-    cfg, engine, judge, ev = _fake_study(tmp_path, tiny_model_dir)
+    cfg, _engine, _judge, ev = _fake_study(tmp_path, tiny_model_dir)
     seen = []
     lines = []
     s = run_study(cfg, ev, progress=lines.append, monitor=seen.append)
@@ -385,7 +385,7 @@ def _lose_the_baseline(cfg, pool_ids, times: int) -> None:
 
 def test_a_baseline_lost_past_max_retry_is_retried_until_it_completes(tmp_path,
                                                                       tiny_model_dir):
-    cfg, engine, judge, ev = _fake_study(tmp_path, tiny_model_dir, name="lost",
+    cfg, _engine, _judge, ev = _fake_study(tmp_path, tiny_model_dir, name="lost",
                                          optuna="heartbeat_seconds = 1\nmax_retry = 1")
     _lose_the_baseline(cfg, ev.pool.ids, times=2)  # the first retry is Optuna's, the second is not
     study = open_study(cfg)
@@ -405,7 +405,7 @@ def test_a_baseline_lost_past_max_retry_is_retried_until_it_completes(tmp_path,
 def test_a_study_without_a_baseline_says_so(tmp_path, tiny_model_dir):
     from icl_search.study.runner import ensure_baseline
 
-    cfg, engine, judge, ev = _fake_study(tmp_path, tiny_model_dir, name="nobase",
+    cfg, _engine, _judge, ev = _fake_study(tmp_path, tiny_model_dir, name="nobase",
                                          optuna="n_trials = 3")
     study = open_study(cfg)
     ensure_baseline(study, cfg, ev.pool.ids, cfg.storage_url)
@@ -517,7 +517,7 @@ def test_plain_progress_lines_when_stderr_is_not_a_terminal(capsys):
 
 def test_a_worker_killed_before_its_first_heartbeat_does_not_stall_the_study(tmp_path,
                                                                              tiny_model_dir):
-    cfg, engine, judge, ev = _fake_study(tmp_path, tiny_model_dir, name="orphan",
+    cfg, _engine, _judge, ev = _fake_study(tmp_path, tiny_model_dir, name="orphan",
                                          optuna="heartbeat_seconds = 1\nn_trials = 3")
     from icl_search.study.runner import ensure_baseline
 

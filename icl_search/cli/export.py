@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -19,8 +18,8 @@ err = Console(stderr=True)
 def export(
     study: str = typer.Argument(..., help="A study config (.toml), or a study name with --storage."),
     out: Path = typer.Option(..., "--out", "-o", help="The bundle JSON to write."),
-    storage: Optional[str] = typer.Option(None, help="Storage URL (default: the config's)."),
-    trial: Optional[int] = typer.Option(None, help="Trial number (default: the confirmed best "
+    storage: str | None = typer.Option(None, help="Storage URL (default: the config's)."),
+    trial: int | None = typer.Option(None, help="Trial number (default: the confirmed best "
                                         "when the study was confirmed, else the best search "
                                         "score; multi-objective: the best-scoring Pareto point)."),
     search_best: bool = typer.Option(False, "--search-best", help="Take the best search score "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -56,33 +55,33 @@ def generate(
                                    "(or 'instruction'/'prompt'), optional 'id' and 'category'."),
     out: Path = typer.Option(..., "--out", "-o", help="Output JSONL: one line per query."),
     model: str = typer.Option("default", help="Model name (gemma-3-270m) or HF folder path."),
-    engine: Optional[str] = typer.Option(
+    engine: str | None = typer.Option(
         None, help="Engine spec instead of --model: vllm:PATH or openai:http://host:port/v1[#model]."),
-    system: Optional[Path] = typer.Option(None, help="System preamble file (default: the "
+    system: Path | None = typer.Option(None, help="System preamble file (default: the "
                                           "package's URIAL-style preamble)."),
-    examples: Optional[Path] = typer.Option(None, help="Examples: a pool file (JSONL/Parquet/CSV "
+    examples: Path | None = typer.Option(None, help="Examples: a pool file (JSONL/Parquet/CSV "
                                             "with query, answer), all rows used in order."),
-    ids: Optional[str] = typer.Option(None, help="Comma-separated example ids to take from "
+    ids: str | None = typer.Option(None, help="Comma-separated example ids to take from "
                                       "--examples, in this order."),
-    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Answer with an exported "
+    bundle: Path | None = typer.Option(None, "--bundle", help="Answer with an exported "
                                           "bundle's context (its per-query selection, template, "
                                           "decoding and model), exactly as `serve` would."),
     zero_shot: bool = typer.Option(False, "--zero-shot", help="No context: the prompt is the "
                                    "template's query block alone (a newline, '# Query:', the "
                                    "fenced query, a blank line, '# Answer:' and the opening "
                                    "fence), no preamble, no examples: the base model as it is."),
-    urial: Optional[Path] = typer.Option(None, "--urial", help="A URIAL-format prompt file "
+    urial: Path | None = typer.Option(None, "--urial", help="A URIAL-format prompt file "
                                          "(e.g. URIAL's inst_1k.txt): its preamble and examples."),
-    max_tokens: Optional[int] = typer.Option(None, help="Maximum generated tokens per answer "
+    max_tokens: int | None = typer.Option(None, help="Maximum generated tokens per answer "
                                              "(default 256, or the bundle's)."),
-    temperature: Optional[float] = typer.Option(None, help="Default 0 = greedy (URIAL), or "
+    temperature: float | None = typer.Option(None, help="Default 0 = greedy (URIAL), or "
                                                 "the bundle's."),
-    top_p: Optional[float] = typer.Option(None, help="Default 1.0, or the bundle's."),
-    repetition_penalty: Optional[float] = typer.Option(
+    top_p: float | None = typer.Option(None, help="Default 1.0, or the bundle's."),
+    repetition_penalty: float | None = typer.Option(
         None, help="Default 1.1 (URIAL's on base models), or the bundle's."),
-    max_model_len: Optional[int] = typer.Option(None, help="Context window (default: model's)."),
+    max_model_len: int | None = typer.Option(None, help="Context window (default: model's)."),
     batch_size: int = typer.Option(32, min=1, help="Queries rendered and sent per engine call."),
-    cache: Optional[Path] = typer.Option(None, help="Generation cache file "
+    cache: Path | None = typer.Option(None, help="Generation cache file "
                                          "(default: $ICL_SEARCH_HOME/cache.sqlite3)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Always call the model."),
     with_prompts: bool = typer.Option(False, help="Also write each rendered prompt."),
@@ -171,7 +170,7 @@ def _read_urial(path: Path) -> tuple[str, list]:
     return doc.system, doc.answered
 
 
-def _read_system(path: Optional[Path]) -> str:
+def _read_system(path: Path | None) -> str:
     if path is None:
         from importlib.resources import files
 
@@ -181,7 +180,7 @@ def _read_system(path: Optional[Path]) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def _load_examples(path: Optional[Path], ids: Optional[str]) -> list:
+def _load_examples(path: Path | None, ids: str | None) -> list:
     if path is None:
         if ids:
             fail("--ids needs --examples FILE")

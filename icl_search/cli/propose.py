@@ -4,7 +4,6 @@ rounds (icl_search.propose)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -24,7 +23,7 @@ def _say(m: str) -> None:
     err.print(m, highlight=False, markup=False)
 
 
-def _setup(config: Path, spec: Optional[str]):
+def _setup(config: Path, spec: str | None):
     """Config, proposer section, pool, search queries, leak guard, and (for `self`) the
     base model, loaded once."""
     from icl_search.pool import Pool
@@ -74,10 +73,10 @@ def _estimate_fit(cfg):
 def preambles(
     config: Path = typer.Argument(..., help="Study config (TOML); its study so far is the "
                                   "proposer's input."),
-    n: Optional[int] = typer.Option(None, "--n", min=1, help="Preambles to ask for "
+    n: int | None = typer.Option(None, "--n", min=1, help="Preambles to ask for "
                                     "(default \\[propose] per_round)."),
-    spec: Optional[str] = typer.Option(None, help=SPEC_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the preamble files "
+    spec: str | None = typer.Option(None, help=SPEC_HELP),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for the preamble files "
                                        "and proposals.json (default: "
                                        "<artifacts>/proposals/manual)."),
 ) -> None:
@@ -119,10 +118,10 @@ def preambles(
 @propose_app.command("restyle")
 def restyle(
     config: Path = typer.Argument(..., help="Study config (TOML): its pool is restyled."),
-    spec: Optional[str] = typer.Option(None, help=SPEC_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The new pool version (default: "
+    spec: str | None = typer.Option(None, help=SPEC_HELP),
+    out: Path | None = typer.Option(None, "--out", "-o", help="The new pool version (default: "
                                        "<artifacts>/proposals/pool.restyled.jsonl)."),
-    limit: Optional[int] = typer.Option(None, min=1, help="Restyle only the first N examples."),
+    limit: int | None = typer.Option(None, min=1, help="Restyle only the first N examples."),
     embed_check: bool = typer.Option(True, help="Also require embedder cosine to the "
                                      "original >= \\[propose] min_cosine."),
 ) -> None:
@@ -150,7 +149,7 @@ def restyle(
 @propose_app.command("run")
 def run(
     config: Path = typer.Argument(..., help="Study config (TOML) with a \\[propose] section."),
-    rounds: Optional[int] = typer.Option(None, min=0, help="Rounds after round 0 "
+    rounds: int | None = typer.Option(None, min=0, help="Rounds after round 0 "
                                          "(default \\[propose] rounds)."),
 ) -> None:
     """Run, resume or join the study in rounds: round 0 is the config's space; each later

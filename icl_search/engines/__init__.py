@@ -12,8 +12,14 @@ from typing import Any
 from icl_search.engines.base import Completion, Engine, EngineError, EngineStats, SamplingParams
 
 __all__ = [
-    "Completion", "Engine", "EngineError", "EngineStats", "SamplingParams", "make_engine",
-    "parse_spec", "CachedEngine",
+    "CachedEngine",
+    "Completion",
+    "Engine",
+    "EngineError",
+    "EngineStats",
+    "SamplingParams",
+    "make_engine",
+    "parse_spec",
 ]
 
 
@@ -58,4 +64,4 @@ def make_engine(spec: str, **opts: Any) -> Engine:
     return VLLMEngine(target, **{**extra, **kwargs})
 
 
-from icl_search.engines.cached import CachedEngine  # noqa: E402
+from icl_search.engines.cached import CachedEngine

@@ -111,9 +111,8 @@ def report_lines(cfg) -> list[str]:
               f"{', '.join(p['parents']) or '-'} | {p['trials']} | {f(p['best'])} | "
               f"{', '.join(map(str, p['won'])) or '-'} |" for p in props]
     if last["system"] is not None:
-        from icl_search.study.storage import redact
-
         from icl_search.study.confirm import summarize
+        from icl_search.study.storage import redact
 
         lines += ["", f"Best search score of the whole search: study `{last['study']}` trial "
                   f"{last['best_trial']} ({f(last['best'])}), preamble `{last['system']}` "

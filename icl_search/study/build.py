@@ -96,7 +96,7 @@ def _same_model(judge_spec: str, engine_spec: str) -> bool:
 
     try:
         kind, rest = parse_judge_spec(judge_spec)
-    except Exception:
+    except Exception:  # noqa: BLE001  (an unparsable spec is no local judge here; make_judge names it)
         return False
     if kind not in ("logprob", "sample"):
         return False

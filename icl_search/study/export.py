@@ -24,7 +24,7 @@ def record_export_info(study: optuna.Study, cfg: StudyConfig) -> None:
     """Everything `export` needs beside the trial itself, stored on the study once."""
     from icl_search.engines import parse_spec
 
-    kind, target, model = parse_spec(cfg.model.engine)
+    kind, target, _ = parse_spec(cfg.model.engine)
     info = {
         "model": target if kind == "vllm" else cfg.model.engine,
         "engine": cfg.model.engine,
@@ -139,9 +139,9 @@ def export_bundle(study: optuna.Study, out: str | Path, *, trial_number: int | N
         scores["confirm"] = conf
     provenance = {"study": study.study_name, "trial": trial.number,
                   "storage": storage_url, "config_hash": info["config_hash"]}
-    common = dict(model=info["model"], system=info["systems"][spec.system_name],
-                  template=template, sampling=sampling, scores=scores, provenance=provenance,
-                  bundle_path=out)
+    common = {"model": info["model"], "system": info["systems"][spec.system_name],
+              "template": template, "sampling": sampling, "scores": scores,
+              "provenance": provenance, "bundle_path": out}
     if spec.k == 0 or spec.strategy == "none":
         bundle = Bundle.create(examples=[], **common)
     elif spec.strategy == "fixed":

@@ -86,7 +86,7 @@ def check_storage(cfg: StudyConfig, url: str | None = None, *, create: bool = Tr
     storage = make_storage(cfg, url)
     try:
         optuna.get_all_study_names(storage)
-    except Exception as exc:  # the connection only fails here for lazy drivers
+    except Exception as exc:  # noqa: BLE001  (any driver error: the connection fails here for lazy drivers)
         raise StudyError(f"cannot open the study storage {redact(url)}: "
                          f"{type(exc).__name__}") from None
 

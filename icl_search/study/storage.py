@@ -12,7 +12,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import optuna
@@ -78,7 +78,7 @@ def make_storage(cfg: StudyConfig, url: str | None = None, *,
                 max_retry=cfg.optuna.max_retry),
             **kwargs,
         )
-    except Exception as exc:  # driver missing, bad URL, server down, bad credentials
+    except Exception as exc:  # noqa: BLE001  (driver missing, bad URL, server down, bad credentials)
         from icl_search.extras import missing_for_url
 
         raise (missing_for_url(url) or _storage_error(url, exc)) from None
@@ -118,7 +118,7 @@ def load_study(cfg: StudyConfig, storage_url: str | None = None) -> optuna.Study
     storage = make_storage(cfg, url, create=False)
     try:
         names = optuna.get_all_study_names(storage)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (any driver error becomes one message)
         raise _storage_error(url, exc) from None
     if cfg.name not in names:
         raise StudyError(f"no study named {cfg.name!r} in {redact(url)}; studies there: "
@@ -163,11 +163,11 @@ class Heartbeat:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> Heartbeat:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
 
@@ -187,5 +187,5 @@ class Heartbeat:
             for tid in ids:
                 try:
                     self.storage.record_heartbeat(tid)
-                except Exception as exc:  # a transient storage error must not kill the run
+                except Exception as exc:  # noqa: BLE001  (a transient storage error must not kill the run)
                     log.warning("heartbeat for trial %s failed: %s", tid, exc)
