@@ -34,12 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-             "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "ERROR"}.items():
-    os.environ.setdefault(k, v)
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import RESULTS, ROOT  # first: the offline environment and the import path
 
 import httpx
 import openai
@@ -50,7 +45,6 @@ from icl_search.evalset import load_queries
 from icl_search.io import write_json
 from icl_search.pool import Pool
 
-RESULTS = ROOT / "bench" / "results"
 SHOTS = ["factual-001", "advice-001", "safety-001"]
 KEY = "bench-key"
 
@@ -145,9 +139,13 @@ def run_load(base_url: str, queries: list[str], clients: int, max_tokens: int) -
 
 
 def summarise(rounds: list[dict], requests: int) -> dict:
-    wall = sum(r["wall"] for r in rounds)
-    done = [d for r in rounds for d in r["done"]]
-    errors = [e for r in rounds for e in r["errors"]]
+    return figures([d for r in rounds for d in r["done"]], [e for r in rounds for e in r["errors"]],
+                   sum(r["wall"] for r in rounds), requests)
+
+
+def figures(done: list[dict], errors: list, wall: float, requests: int) -> dict:
+    """Throughput, latency and time-to-first-token figures of finished requests (also what
+    bench/serve_vs_vllm.py reports for each server)."""
     lat = [r["latency"] for r in done]
     ttft = [r["ttft"] for r in done]
     tokens = sum(r["completion_tokens"] for r in done)

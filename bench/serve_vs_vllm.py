@@ -37,7 +37,6 @@ for `--model default`).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -48,12 +47,7 @@ import threading
 import time
 from pathlib import Path
 
-for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-             "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "ERROR"}.items():
-    os.environ.setdefault(k, v)
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import RESULTS, ROOT, sibling  # first: the offline environment and the import path
 
 import httpx
 import openai
@@ -68,19 +62,9 @@ from icl_search.io import write_json
 from icl_search.pool import Pool
 from icl_search.prompt import Budget
 
-
-def _load_serve_bench():
-    # bench/ is not a package: reuse bench/serve.py's server, load and summary helpers.
-    spec = importlib.util.spec_from_file_location("bench_serve", Path(__file__).with_name("serve.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_sb = _load_serve_bench()
+_sb = sibling("serve")  # its server start-up, load and summary helpers
 free_port, pct, KEY = _sb.free_port, _sb.pct, _sb.KEY
 
-RESULTS = ROOT / "bench" / "results"
 POOL = ROOT / "pools" / "default.jsonl"
 SYSTEM = ROOT / "pools" / "system_prompts" / "urial_style.txt"
 JUST_EVAL = ROOT.parent / "shared" / "data" / "just-eval" / "instructions.dev.jsonl"
@@ -230,24 +214,14 @@ def run_load(base_url: str, jobs: list[tuple[int, str]], clients: int, body: dic
 
 
 def summarise(rounds: list[dict], requests: int) -> dict:
-    wall = sum(r["wall"] for r in rounds)
     cpu = {k: sum(r["cpu"][k] for r in rounds) for k in ("front", "engine")}
     done = [d for r in rounds for d in r["done"].values()]
-    errors = [e for r in rounds for e in r["errors"]]
-    lat = [r["latency"] for r in done]
-    ttft = [r["ttft"] for r in done]
-    tokens = sum(r["completion_tokens"] for r in done)
-    return {
-        "requests": requests, "ok": len(done), "errors": len(errors),
-        "error_samples": errors[:3], "wall_s": round(wall, 3),
-        "requests_per_s": round(len(done) / wall, 3), "tokens_per_s": round(tokens / wall, 1),
-        "completion_tokens": tokens,
-        "latency_p50_s": round(pct(lat, 50), 3), "latency_p95_s": round(pct(lat, 95), 3),
-        "ttft_p50_s": round(pct(ttft, 50), 3), "ttft_p95_s": round(pct(ttft, 95), 3),
-        "cpu_s": {"front": round(cpu["front"], 2), "engine": round(cpu["engine"], 2),
-                  "total": round(cpu["front"] + cpu["engine"], 2)},
-        "cpu_s_per_request": round((cpu["front"] + cpu["engine"]) / max(1, len(done)), 3),
-    }
+    out = _sb.figures(done, [e for r in rounds for e in r["errors"]],
+                      sum(r["wall"] for r in rounds), requests)
+    out["cpu_s"] = {"front": round(cpu["front"], 2), "engine": round(cpu["engine"], 2),
+                    "total": round(cpu["front"] + cpu["engine"], 2)}
+    out["cpu_s_per_request"] = round((cpu["front"] + cpu["engine"]) / max(1, len(done)), 3)
+    return out
 
 
 def main() -> None:

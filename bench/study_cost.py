@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import os
 import platform
@@ -41,30 +40,19 @@ import tempfile
 import time
 from pathlib import Path
 
-for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-             "LITELLM_LOCAL_MODEL_COST_MAP": "True", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-             "VLLM_LOGGING_LEVEL": "ERROR"}.items():
-    os.environ.setdefault(k, v)
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import (  # first: the offline environment and the import path
+    POOLS,
+    RESULTS,
+    ROOT,
+    sibling,
+)
 
 from icl_search.cache import Cache
 from icl_search.io import write_json, write_jsonl
 from icl_search.judge import make_judge
 from icl_search.study import build_evaluator, load_config, run_study
 
-
-def _load_study_bench():
-    spec = importlib.util.spec_from_file_location("bench_study", Path(__file__).with_name("study.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_sb = _load_study_bench()
-RESULTS = ROOT / "bench" / "results"
-POOLS = ROOT / "pools"
+_sb = sibling("study")  # its config writer and engine settings
 JUST_EVAL = ROOT.parent / "shared" / "data" / "just-eval" / "instructions.dev.jsonl"
 
 
