@@ -8,7 +8,6 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -89,8 +88,8 @@ class _Live:
               file=sys.stderr, flush=True)
 
 
-def _run(config: Path, storage: Optional[str], n_trials: Optional[int],
-         timeout_minutes: Optional[float], worker: bool, every: float = 10.0) -> None:
+def _run(config: Path, storage: str | None, n_trials: int | None,
+         timeout_minutes: float | None, worker: bool, every: float = 10.0) -> None:
     from icl_search.study import build_evaluator, run_study
     from icl_search.study.preflight import preflight
     from icl_search.study.storage import redact
@@ -114,9 +113,9 @@ def _run(config: Path, storage: Optional[str], n_trials: Optional[int],
 @study_app.command("run")
 def run(
     config: Path = typer.Argument(..., help="Study config (TOML)."),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (overrides the config)."),
-    n_trials: Optional[int] = typer.Option(None, min=1, help="Finished trials to reach."),
-    timeout_minutes: Optional[float] = typer.Option(None, help="Stop asking new trials after."),
+    storage: str | None = typer.Option(None, help="Optuna storage URL (overrides the config)."),
+    n_trials: int | None = typer.Option(None, min=1, help="Finished trials to reach."),
+    timeout_minutes: float | None = typer.Option(None, help="Stop asking new trials after."),
     progress_every: float = typer.Option(10.0, min=0, help="Seconds between plain progress "
                                          "lines when stderr is not a terminal."),
 ) -> None:
@@ -130,7 +129,7 @@ def run(
 def worker(
     config: Path = typer.Argument(..., help="Study config (TOML)."),
     storage: str = typer.Option(..., help="Shared storage URL, e.g. postgresql://user@host/db."),
-    n_trials: Optional[int] = typer.Option(None, min=1, help="Finished trials to reach "
+    n_trials: int | None = typer.Option(None, min=1, help="Finished trials to reach "
                                            "(default: the config's optuna.n_trials)."),
 ) -> None:
     """Join a study as one more worker (run this on each machine)."""
@@ -140,8 +139,8 @@ def worker(
 @study_app.command("confirm")
 def confirm_cmd(
     config: Path = typer.Argument(..., help="Study config (TOML) with a confirm set in [eval]."),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (overrides the config)."),
-    top: Optional[int] = typer.Option(None, min=1, help="Trials to confirm, by search score "
+    storage: str | None = typer.Option(None, help="Optuna storage URL (overrides the config)."),
+    top: int | None = typer.Option(None, min=1, help="Trials to confirm, by search score "
                                       "(default: eval.confirm_top)."),
 ) -> None:
     """Evaluate the top trials and the baseline(s) on the confirm set (queries the search never
@@ -161,7 +160,7 @@ def confirm_cmd(
         fail(f"{exc} (run `icl-search study run {config}` first)")
     if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
         fail(f"study {cfg.name} has no finished trial yet: run `icl-search study run {config}`")
-    say = lambda m: err.print(m, highlight=False)  # noqa: E731
+    say = lambda m: err.print(m, highlight=False)
     try:
         ev = build_evaluator(cfg, say=say)
         s = confirm(study, cfg, ev, top=top, say=say)
@@ -175,7 +174,7 @@ def confirm_cmd(
 
 @study_app.command("validate")
 def validate(config: Path = typer.Argument(..., help="Study config (TOML)."),
-             storage: Optional[str] = typer.Option(None, help="Storage URL to check.")) -> None:
+             storage: str | None = typer.Option(None, help="Storage URL to check.")) -> None:
     """Check a config without loading any model: fields, pool and eval files, pool ids, spec
     prefixes, model folders, and that the storage opens (a new SQLite file is not created)."""
     from icl_search.study.preflight import preflight
@@ -186,7 +185,7 @@ def validate(config: Path = typer.Argument(..., help="Study config (TOML)."),
                f"k in {list(cfg.search.k)}, {cfg.optuna.n_trials} trials")
 
 
-def _status(cfg, storage: Optional[str]) -> None:
+def _status(cfg, storage: str | None) -> None:
     from icl_search.study import load_study
     from icl_search.study.runner import missing_references
 
@@ -215,7 +214,7 @@ def _status(cfg, storage: Optional[str]) -> None:
 
 @study_app.command("status")
 def status(config: Path = typer.Argument(..., help="Study config (TOML)."),
-           storage: Optional[str] = typer.Option(None, help="Storage URL (default: the "
+           storage: str | None = typer.Option(None, help="Storage URL (default: the "
                                                  "config's optuna.storage).")) -> None:
     """Progress and the best trial so far."""
     _status(_config(config), storage)
@@ -224,9 +223,9 @@ def status(config: Path = typer.Argument(..., help="Study config (TOML)."),
 @study_app.command("trials")
 def trials(
     config: Path = typer.Argument(..., help="Study config (TOML)."),
-    storage: Optional[str] = typer.Option(None, help="Storage URL (default: the config's "
+    storage: str | None = typer.Option(None, help="Storage URL (default: the config's "
                                           "optuna.storage)."),
-    csv: Optional[Path] = typer.Option(None, help="Also write the table as CSV."),
+    csv: Path | None = typer.Option(None, help="Also write the table as CSV."),
 ) -> None:
     """A table of every trial: parameters, score, aspects, context tokens."""
     from icl_search.io import atomic_write
@@ -260,7 +259,7 @@ def trial_cmd(
     number: int = typer.Argument(..., help="Trial number (see `study trials`)."),
     out: Path = typer.Option(..., "--out", "-o",
                              help="Parquet file for the trial's per-query records."),
-    storage: Optional[str] = typer.Option(None, help="Storage URL (default: the config's "
+    storage: str | None = typer.Option(None, help="Storage URL (default: the config's "
                                           "optuna.storage)."),
 ) -> None:
     """Export one trial's prompts, answers and per-query scores (one row per query)."""
@@ -297,7 +296,7 @@ def report(
     config: Path = typer.Argument(..., help="Study config (TOML)."),
     out: Path = typer.Option(Path("runs/report"), "--out", "-o",
                              help="Folder for report.md, PNG and HTML."),
-    storage: Optional[str] = typer.Option(None, help="Storage URL (default: the config's "
+    storage: str | None = typer.Option(None, help="Storage URL (default: the config's "
                                           "optuna.storage)."),
 ) -> None:
     """Baseline vs best per aspect, optimisation history and parameter importances."""
