@@ -60,7 +60,7 @@ class AsyncVLLMEngine:
 
     Construct anywhere, then `await start()` inside the event loop that will serve requests
     (vLLM's output handler is a task of that loop); `shutdown()` stops the engine process.
-    `count_tokens`/`encode` use the model's tokenizer and work once started.
+    `encode` uses the model's tokenizer and works once started.
     """
 
     def __init__(
@@ -133,9 +133,6 @@ class AsyncVLLMEngine:
     # -- tokens ------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text))
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text))
 
     # -- generation --------------------------------------------------------------------------
     async def generate(
