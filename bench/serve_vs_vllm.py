@@ -40,6 +40,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,6 +70,8 @@ POOL = ROOT / "pools" / "default.jsonl"
 SYSTEM = ROOT / "pools" / "system_prompts" / "urial_style.txt"
 JUST_EVAL = ROOT.parent / "shared" / "data" / "just-eval" / "instructions.dev.jsonl"
 #: per model: context window and answer length
+#: the optional third server: icl-search with its query embedder on PyTorch
+TORCH_ARM = "icl-search-torch"
 SETTINGS = {"tiny": {"max_model_len": 4096, "max_tokens": 128},
             "default": {"max_model_len": 2048, "max_tokens": 48}}
 
@@ -128,12 +131,14 @@ def as_serve_flags(flags: list[str]) -> list[str]:
 
 
 def start_icl(bundle: Path, model: str, port: int, max_model_len: int, home: Path,
-              log: Path) -> tuple[subprocess.Popen, float]:
+              log: Path, backend: str | None = None) -> tuple[subprocess.Popen, float]:
     cmd = [sys.executable, "-c", "from icl_search.cli import app; app()", "serve", str(bundle),
            "--model", model, "--port", str(port), "--api-key", KEY,
            *as_serve_flags(engine_flags(max_model_len)),
            "--served-model-name", "bench", "--log-level", "warning"]
     env = {**os.environ, "ICL_SEARCH_HOME": str(home)}  # an empty embedding cache
+    if backend:
+        env["ICL_SEARCH_EMBED_BACKEND"] = backend
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     wait_healthy(proc, f"http://127.0.0.1:{port}/health", log)
@@ -238,6 +243,10 @@ def main() -> None:
     ap.add_argument("--fixed", action="store_true",
                     help="serve a fixed bundle (the k first pool examples) instead: no retrieval "
                          "on the request path, to separate its cost from the server's")
+    ap.add_argument("--torch-arm", action="store_true",
+                    help="a third server side by side: icl-search serve with the query "
+                         "embedder on PyTorch (ICL_SEARCH_EMBED_BACKEND=torch) instead of "
+                         "onnxruntime, to measure what the onnx backend buys")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     settings = SETTINGS[args.model]
@@ -295,6 +304,9 @@ def main() -> None:
               "vllm": {**common, "stop": stops}}
     prompts = {"icl-search": {i: q for i, q in enumerate(queries)},
                "vllm": {i: rendered[q] for i, q in enumerate(queries)}}
+    if args.torch_arm:
+        bodies[TORCH_ARM] = common
+        prompts[TORCH_ARM] = prompts["icl-search"]
 
     servers: dict[str, tuple[subprocess.Popen, str, float]] = {}
     rounds: dict[str, list[dict]] = {m: [] for m in bodies}
@@ -304,15 +316,21 @@ def main() -> None:
         for name, body in bodies.items():
             port = free_port()
             log = tmp / f"{name}-{port}.log"
-            proc, start_s = (start_icl(bundle_path, model, port, max_model_len, tmp / "home", log)
-                             if name == "icl-search" else start_vllm(model, port, max_model_len, log))
+            if name == "vllm":
+                proc, start_s = start_vllm(model, port, max_model_len, log)
+            else:  # each icl-search server its own home: an empty embedding cache each
+                proc, start_s = start_icl(bundle_path, model, port, max_model_len,
+                                          tmp / f"home-{name}", log,
+                                          "torch" if name == TORCH_ARM else None)
             servers[name] = (proc, f"http://127.0.0.1:{port}/v1", start_s)
-            warm_prompts = warm if name == "icl-search" else [rendered[q] for q in warm]
+            warm_prompts = warm if name != "vllm" else [rendered[q] for q in warm]
             run_load(servers[name][1], list(enumerate(warm_prompts)), 2, body)
         per_round = -(-args.requests // args.rounds)
         for i in range(args.rounds):
             ids = list(range(i * per_round, min(args.requests, (i + 1) * per_round)))
-            order = list(bodies) if i % 2 == 0 else list(reversed(bodies))
+            names = list(bodies)  # the order rotates: each server goes first in turn
+            order = (names if i % 2 == 0 else names[::-1]) if len(names) == 2 else \
+                names[i % len(names):] + names[:i % len(names)]
             for name in order:
                 loads.append(os.getloadavg()[0])
                 cpu0 = cpu_seconds(servers[name][0])
@@ -348,6 +366,13 @@ def main() -> None:
     def ratio(a: float, b: float) -> float | None:
         return round(a / b, 3) if b else None
 
+    def per_round(name: str) -> dict:
+        """Throughput ratio name / vLLM of each round (the same requests, run back to back):
+        its median and range say how much of the whole-run ratio is the machine."""
+        xs = sorted(b["wall"] / a["wall"] for a, b in zip(rounds[name], rounds["vllm"]))
+        return {"median": round(statistics.median(xs), 3), "min": round(xs[0], 3),
+                "max": round(xs[-1], 3), "rounds": len(xs)}
+
     res = {
         "benchmark": "serve-vs-vllm", "model": args.model, "model_path": model,
         "clients": args.clients, "requests": args.requests, "rounds": args.rounds,
@@ -376,8 +401,17 @@ def main() -> None:
             "cpu_s_per_request": ratio(ours["cpu_s_per_request"], ref["cpu_s_per_request"]),
             "cpu_s_front": ratio(ours["cpu_s"]["front"], ref["cpu_s"]["front"]),
             "cpu_s_engine": ratio(ours["cpu_s"]["engine"], ref["cpu_s"]["engine"]),
+            "throughput_per_round": per_round("icl-search"),
         },
     }
+    if args.torch_arm:
+        t = results[TORCH_ARM]
+        res["ratios_torch_arm_over_vllm"] = {
+            "requests_per_s": ratio(t["requests_per_s"], ref["requests_per_s"]),
+            "latency_p50": ratio(t["latency_p50_s"], ref["latency_p50_s"]),
+            "cpu_s_front": ratio(t["cpu_s"]["front"], ref["cpu_s"]["front"]),
+            "throughput_per_round": per_round(TORCH_ARM),
+        }
     r = res["ratios_icl_over_vllm"]
     res["targets"] = {"throughput_at_least_0.95": (r["requests_per_s"] or 0) >= 0.95,
                       "p50_within_10pct": (r["latency_p50"] or 99) <= 1.10}
@@ -386,10 +420,10 @@ def main() -> None:
     print(f"\nserving vs vLLM's server: model={args.model}, {args.clients} clients, "
           f"{args.requests} requests in {args.rounds} alternating rounds, max_tokens "
           f"{max_tokens} (greedy, ignore_eos), prompt ~{res['prompt_tokens_mean']:.0f} tokens")
-    print(f"{'server':<12}{'ok':>5}{'err':>5}{'wall s':>9}{'req/s':>8}{'tok/s':>8}"
+    print(f"{'server':<17}{'ok':>5}{'err':>5}{'wall s':>9}{'req/s':>8}{'tok/s':>8}"
           f"{'p50 s':>8}{'p95 s':>8}{'ttft50':>8}{'ttft95':>8}{'cpu front':>10}{'cpu eng':>9}")
     for name, x in results.items():
-        print(f"{name:<12}{x['ok']:>5}{x['errors']:>5}{x['wall_s']:>9.2f}"
+        print(f"{name:<17}{x['ok']:>5}{x['errors']:>5}{x['wall_s']:>9.2f}"
               f"{x['requests_per_s']:>8.2f}{x['tokens_per_s']:>8.0f}{x['latency_p50_s']:>8.2f}"
               f"{x['latency_p95_s']:>8.2f}{x['ttft_p50_s']:>8.2f}{x['ttft_p95_s']:>8.2f}"
               f"{x['cpu_s']['front']:>10.1f}{x['cpu_s']['engine']:>9.1f}")
@@ -400,6 +434,14 @@ def main() -> None:
           f"icl-search prep batches {prep}; "
           f"load {res['load_avg_1m']['min']}-{res['load_avg_1m']['max']} on {os.cpu_count()} "
           f"cores")
+    pr = r["throughput_per_round"]
+    print(f"per round (same requests back to back): throughput ratio median {pr['median']}, "
+          f"range {pr['min']}-{pr['max']} over {pr['rounds']} rounds")
+    if args.torch_arm:
+        tr = res["ratios_torch_arm_over_vllm"]
+        print(f"{TORCH_ARM} / vLLM: throughput {tr['requests_per_s']} (per round median "
+              f"{tr['throughput_per_round']['median']}), p50 latency {tr['latency_p50']}, "
+              f"front-end CPU {tr['cpu_s_front']}")
     print(f"wrote {out_path}")
 
 

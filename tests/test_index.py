@@ -58,16 +58,15 @@ def embedder() -> Embedder:
 
 @pytest.fixture
 def counted(monkeypatch, embedder):
-    """Counts the texts that actually reach the sentence-transformers model."""
+    """Counts the texts that actually reach the model (either backend), per model call."""
     seen: list[int] = []
-    model = embedder.model
-    real = model.encode
+    real = Embedder._encode_uncached
 
-    def encode(texts, *args, **kwargs):
+    def encode(self, texts, *args, **kwargs):
         seen.append(len(texts))
-        return real(texts, *args, **kwargs)
+        return real(self, texts, *args, **kwargs)
 
-    monkeypatch.setattr(model, "encode", encode)
+    monkeypatch.setattr(Embedder, "_encode_uncached", encode)
     return seen
 
 
@@ -149,6 +148,69 @@ def test_local_model_directory_gets_a_portable_content_id(tmp_path):
 def test_unloadable_embedder_is_a_clear_error():
     with pytest.raises(EmbedderError, match="no-such-org/no-such-model"):
         Embedder("no-such-org/no-such-model", cache=False).encode("x")
+
+
+# -- the onnxruntime backend ---------------------------------------------------------------
+TEXTS = ["How do I bake sourdough bread?", "ok",
+         "Explain, step by step, why the sky looks blue at noon and red at sunset. " * 8,
+         "Qu'est-ce qu'un trou noir ?", "a", "How do I bake sourdough bread?"]
+
+
+def test_onnx_backend_gives_pytorchs_vectors_and_exports_once(monkeypatch, tmp_path):
+    from icl_search.index.onnx_backend import OnnxEncoder
+
+    monkeypatch.setenv("ICL_SEARCH_HOME", str(tmp_path))
+    ours = Embedder(cache=False)  # auto: onnxruntime on CPU for a Transformer + Pooling model
+    theirs = Embedder(cache=False, backend="torch")
+    assert (ours.backend_used, theirs.backend_used) == (None, None)  # nothing loaded yet
+    a, b = ours.encode(TEXTS), theirs.encode(TEXTS)
+    assert (ours.backend_used, theirs.backend_used) == ("onnx", "torch")
+    assert a.shape == b.shape == (len(TEXTS), 384) and a.dtype == np.float32
+    assert float(np.min(np.sum(a * b, axis=1))) > 0.9999  # the same vectors, in input order
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(a[0], a[-1])
+    folder = OnnxEncoder.folder(ours.id)
+    meta = json.loads((folder / "manifest.json").read_text())
+    assert meta["agrees"] and meta["min_cosine"] >= 0.9999 and meta["pooling"] == "mean"
+    graph = (folder / "model.onnx").stat().st_mtime_ns
+    again = Embedder(cache=False, threads=1)  # another embedder (a later process) reuses it
+    assert again.warm() == "onnx" and again.backend_used == "onnx"
+    np.testing.assert_allclose(again.encode(TEXTS[:2]), a[:2], atol=1e-5)
+    assert (folder / "model.onnx").stat().st_mtime_ns == graph
+    assert not list(folder.glob("*.tmp"))  # written atomically
+
+
+def test_onnx_backend_refuses_what_it_cannot_run_and_auto_falls_back(monkeypatch, tmp_path):
+    from sentence_transformers import SentenceTransformer, models
+
+    import icl_search.index.onnx_backend as ob
+
+    monkeypatch.setenv("ICL_SEARCH_HOME", str(tmp_path))
+    with pytest.raises(ValueError, match="backend: 'tensorrt' is not one of auto, torch, onnx"):
+        Embedder(cache=False, backend="tensorrt")
+    monkeypatch.setenv("ICL_SEARCH_EMBED_BACKEND", "torch")
+    assert Embedder(cache=False).backend == "torch"
+    monkeypatch.delenv("ICL_SEARCH_EMBED_BACKEND")
+    # A max-pooling model: not a structure the export covers.
+    base = Embedder(cache=False, backend="torch")
+    word = models.Transformer(base.location)
+    maxpool = tmp_path / "maxpool"
+    SentenceTransformer(modules=[word, models.Pooling(384, pooling_mode="max")]).save(
+        str(maxpool))
+    with pytest.raises(EmbedderError, match="pooling mode 'max'.*use backend 'torch' or 'auto'"):
+        Embedder(maxpool, cache=False, backend="onnx").encode("x")
+    auto = Embedder(maxpool, cache=False)
+    assert auto.encode("x").shape == (384,) and auto.backend_used == "torch"
+    with pytest.raises(EmbedderError, match="CPU only"):
+        Embedder(cache=False, backend="onnx", device="cuda")
+    # An export that disagrees with PyTorch is recorded, refused, and not retried.
+    monkeypatch.setattr(ob, "AGREEMENT", 1.5)
+    with pytest.raises(EmbedderError, match="disagreed with PyTorch"):
+        Embedder(cache=False, backend="onnx").encode("x")
+    fallback = Embedder(cache=False)
+    assert fallback.encode("x").shape == (384,) and fallback.backend_used == "torch"
+    meta = json.loads((ob.OnnxEncoder.folder(fallback.id) / "manifest.json").read_text())
+    assert meta["agrees"] is False
 
 
 # -- index ---------------------------------------------------------------------------------

@@ -99,8 +99,9 @@ class ServerState:
         self.sem = asyncio.Semaphore(self.max_concurrency) if self.max_concurrency else None
         if self.bundle.mode == "retrieval":
             # Load pool, embedder and index now: a bad bundle fails at start, not per request.
-            await asyncio.get_running_loop().run_in_executor(self.prep_pool,
-                                                             self.bundle.selector)
+            # The embedder is warmed too (its onnx export, if due): no request pays for it.
+            await asyncio.get_running_loop().run_in_executor(
+                self.prep_pool, lambda: self.bundle.selector().index.embedder.warm())
         self.ready = True
 
     def stop(self) -> None:
