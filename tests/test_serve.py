@@ -462,6 +462,27 @@ def test_stream_cleaner_holds_back_only_what_is_undecided():
 
 
 # -- the CLI -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("arg, message", [
+    ("max_num_seqs=-3", "SchedulerConfig.max_num_seqs: Input should be greater than or equal "
+                        "to 1, got -3"),
+    ("dtype=float77", "ModelConfig.dtype: Input should be 'auto', 'half'"),
+    ("max_num_seqs=many", "vLLM refused the engine arguments: TypeError"),
+    ("max_num_seqs=many", "--engine-arg given: max_num_seqs='many'"),
+])
+def test_bad_engine_arg_values_are_one_message_before_the_server_starts(bundle, tiny_model_dir,
+                                                                        arg, message):
+    from typer.testing import CliRunner
+
+    from icl_search.cli import app
+
+    res = CliRunner().invoke(app, ["serve", str(bundle.path), "--model", str(tiny_model_dir),
+                                   "--max-model-len", "512", "--engine-arg", arg])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2, out
+    assert message in out and "check the --engine-arg values" in out
+    assert "Traceback" not in out and "serving" not in out  # refused before uvicorn started
+
+
 def test_serve_cli_starts_and_answers(bundle, tiny_model_dir, tmp_path):
     port = free_port()
     log = tmp_path / "serve.log"

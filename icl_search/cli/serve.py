@@ -182,6 +182,14 @@ def serve_cmd(
                           kv_cache_memory_bytes=kv_cache_memory_bytes,
                           gpu_memory_utilization=gpu_memory_utilization,
                           enforce_eager=enforce_eager, engine_args=extra)
+    from icl_search.engines.base import EngineError
+
+    try:  # a bad --engine-arg value (or flag combination) is one message, before uvicorn starts
+        engine.check_config()
+    except EngineError as exc:
+        given = ", ".join(f"{k}={v!r}" for k, v in extra.items())
+        _fail(f"{exc} (check the --engine-arg values and engine flags"
+              + (f"; --engine-arg given: {given})" if given else ")"))
     if bundle.mode == "retrieval" and engine.device == "cpu":
         # vLLM's engine core runs in its own process on the same cores. torch's OpenMP workers
         # in this one (the query embedder) spin while they wait and took those cores from it:

@@ -11,6 +11,7 @@ cache, eager mode). Measured on 2 CPU cores with the tiny test model: 8 concurre
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -90,7 +91,10 @@ class AsyncVLLMEngine:
         )
         kwargs["disable_log_stats"] = True
         if max_num_seqs:
-            kwargs["max_num_seqs"] = int(max_num_seqs)
+            try:
+                kwargs["max_num_seqs"] = int(max_num_seqs)
+            except (TypeError, ValueError):  # vLLM names it (`check_config`, `start`)
+                kwargs["max_num_seqs"] = max_num_seqs
         kwargs.update(engine_kwargs)
         self._kwargs = kwargs
         self._llm: Any = None
@@ -106,6 +110,25 @@ class AsyncVLLMEngine:
     @property
     def started(self) -> bool:
         return self._llm is not None
+
+    def check_config(self) -> None:
+        """Have vLLM validate the engine arguments now (`create_engine_config`, what `start`
+        does first: the model's config read, every value type- and range-checked), so a bad
+        value is one `EngineError` naming the argument before any server starts."""
+        try:
+            from vllm.engine.arg_utils import AsyncEngineArgs
+        except ImportError as exc:
+            raise EngineError(f"{VLLM_MISSING} ({exc})") from None
+        vllm_log = logging.getLogger("vllm")
+        level = vllm_log.level
+        vllm_log.setLevel(logging.ERROR)  # its start-up notes belong to the real start
+        try:
+            AsyncEngineArgs(**self._kwargs).create_engine_config()
+        except Exception as exc:  # noqa: BLE001 - vLLM raises pydantic, type and value errors
+            raise EngineError("vLLM refused the engine arguments: "
+                              f"{_first_error(exc, set(self._kwargs))}") from None
+        finally:
+            vllm_log.setLevel(level)
 
     async def start(self) -> None:
         if self._llm is not None:
@@ -196,3 +219,25 @@ class AsyncVLLMEngine:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _first_error(exc: Exception, given: set[str]) -> str:
+    """One line for an engine-argument error: a pydantic error's field and message
+    (`SchedulerConfig.max_num_seqs: Input should be greater than or equal to 1, got -3`),
+    the first about an argument in `given` if any is (a bad value also breaks the fields
+    vLLM derives from it), else the exception's type and first line."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            found = errors()
+            first = next((e for e in found if given & {str(x) for x in e.get("loc", ())}),
+                         found[0])
+            where = ".".join(str(x) for x in first.get("loc", ()) if not str(x).startswith(
+                ("literal[", "is-instance[")))
+            title = getattr(exc, "title", "")
+            field = f"{title}.{where}" if title and where else (where or title)
+            return f"{field}: {first.get('msg')}, got {first.get('input')!r}"
+        except (IndexError, TypeError, AttributeError):
+            pass
+    line = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
