@@ -177,6 +177,19 @@ def index_bytes(index) -> int:
     return int(faiss.serialize_index(index).size)
 
 
+_TORCH: dict[int | None, Embedder] = {}
+
+
+def torch_reference(embedder: Embedder, threads: int | None) -> Embedder | None:
+    """A PyTorch-backend twin of an onnx-backend embedder (None when it is PyTorch already)."""
+    if embedder.backend_used != "onnx":
+        return None
+    if threads not in _TORCH:
+        _TORCH[threads] = Embedder(cache=False, threads=threads, backend="torch")
+        _TORCH[threads].encode(["warm-up"])
+    return _TORCH[threads]
+
+
 def measure_kind(kind: str, pool: Pool, cached: Embedder, embedder: Embedder, queries, qv,
                  gt: np.ndarray, k: int, auto_pick: bool, args, system) -> dict:
     """Build one index kind from the cached vectors, then time search, batch and recall."""
@@ -201,8 +214,15 @@ def measure_kind(kind: str, pool: Pool, cached: Embedder, embedder: Embedder, qu
     if auto_pick:
         # Per-query selection, one query at a time, as a server sees it; then a whole batch
         # with the embedding. The embedder is uncached: every query is encoded.
-        lat = {"embed": [], "select": [], "render": [], "total": []}
+        # The same query is also embedded by PyTorch right before (`embed_torch`): the
+        # embedder's two backends side by side, on the same machine load.
+        lat = {"embed": [], "embed_torch": [], "select": [], "render": [], "total": []}
+        reference = torch_reference(embedder, args.threads)
         for q in queries[:args.latency_queries]:
+            if reference is not None:
+                t0 = time.perf_counter()
+                reference.encode(q)
+                lat["embed_torch"].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             v = embedder.encode(q)
             t1 = time.perf_counter()
@@ -217,7 +237,8 @@ def measure_kind(kind: str, pool: Pool, cached: Embedder, embedder: Embedder, qu
         picked = sel.select_many(queries)
         for q, shots in zip(queries, picked):
             DEFAULT_TEMPLATE.render(system, shots, q)
-        row["latency"] = {part: stats(s) for part, s in lat.items()}
+        row["latency"] = {part: stats(s) for part, s in lat.items() if s}
+        row["embed_backend"] = embedder.backend_used
         row["latency_queries"] = len(lat["total"])
         row["select_many_end_to_end_qps"] = len(queries) / (time.perf_counter() - t)
     return row
@@ -327,8 +348,11 @@ def main() -> None:
     ap.add_argument("--dspy-calls", type=int, default=256,
                     help="queries timed through the whole dspy.KNN call")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=RESULTS / "selection.json",
+                    help="the results file (a folder: selection.json inside it)")
     args = ap.parse_args()
+    if args.out.is_dir():
+        args.out = args.out / "selection.json"
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     started = time.perf_counter()
 
@@ -351,7 +375,8 @@ def main() -> None:
     embed_s = time.perf_counter() - t
     qv = embedder.encode(queries)
     print(f"embedded {len(base_texts):,} base texts in {embed_s:.1f} s "
-          f"({len(base_texts) / embed_s:,.0f} items/s, torch threads {args.threads or 'default'})",
+          f"({len(base_texts) / embed_s:,.0f} items/s, {embedder.backend_used} backend, "
+          f"threads {args.threads or 'default'})",
           flush=True)
 
     rows = []
@@ -388,6 +413,7 @@ def main() -> None:
             "index": "PoolIndex.build(kind) for each of --kinds; auto = resolve_index_kind('auto', n)",
         },
         "embedding": {"texts": len(base_texts), "items_per_s": len(base_texts) / embed_s,
+                      "backend": embedder.backend_used,
                       "torch_threads": args.threads or "default"},
         "hnsw_recall_real_embeddings": real_rec,
         "dspy": {"version": dspy.__version__, "retriever": "dspy.KNN",
@@ -405,14 +431,16 @@ def main() -> None:
 
     print(f"\nselection with the auto index, kNN k={k}, p50/p99 ms, queries one at a time; "
           f"batch = select_many on {len(queries)} queries")
-    print(f"{'pool':>9} {'index':>6} {'embed':>12} {'select':>12} {'render':>12} {'total':>12}"
-          f" {'batch q/s':>10} {'given vecs':>11}")
+    print(f"{'pool':>9} {'index':>6} {'embed':>12} {'(torch)':>12} {'select':>12} {'render':>12}"
+          f" {'total':>12} {'batch q/s':>10} {'given vecs':>11}")
     for r in rows:
         a = next((x for x in r["indexes"] if x["auto_pick"]), None)
         if a is None:  # --kinds left the auto pick out
             continue
         lat = a["latency"]
-        print(f"{r['pool_size']:>9,} {a['kind']:>6} {pp(lat['embed']):>12} {pp(lat['select']):>12}"
+        twin = pp(lat["embed_torch"]) if "embed_torch" in lat else "-"
+        print(f"{r['pool_size']:>9,} {a['kind']:>6} {pp(lat['embed']):>12} {twin:>12}"
+              f" {pp(lat['select']):>12}"
               f" {pp(lat['render']):>12} {pp(lat['total']):>12}"
               f" {a['select_many_end_to_end_qps']:>10,.0f} {a['select_many_given_vectors_qps']:>11,.0f}")
     print(f"\nsearch step only (query vectors precomputed), p50/p99 ms over {len(queries)} queries;"
