@@ -159,6 +159,9 @@ class OnnxEncoder:
                 opts.intra_op_num_threads = threads
                 opts.inter_op_num_threads = 1
                 opts.log_severity_level = 3
+                # Idle workers sleep rather than spin: on a shared CPU host (vLLM's engine on
+                # the same cores) spinning threads take cores from the work that needs them.
+                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 self._sessions[threads] = ort.InferenceSession(
                     str(self.path), opts, providers=["CPUExecutionProvider"])
             return self._sessions[threads]
