@@ -160,6 +160,11 @@ class Budget:
 
     def __init__(self, count_tokens: Callable[[str], int], context_window: int):
         self.context_window = int(context_window)
+        # Blocks (the preamble, each example, each query) repeat and are small: cached. Whole
+        # prompts are counted uncached: each is new per query and configuration, and a
+        # long-running server would otherwise keep up to 65,536 of them (~13 KB each at 3,200
+        # tokens: ~850 MB).
+        self._exact = count_tokens
         self._count = lru_cache(maxsize=65536)(count_tokens)
 
     def count(self, text: str) -> int:
@@ -189,7 +194,7 @@ class Budget:
         while True:
             kept = examples[start:]
             prompt = template.render(system, kept, query)
-            n = self.count(prompt)
+            n = self._exact(prompt)
             if n <= limit:
                 return Fit(prompt, kept, examples[:start], n, max_tokens)
             if start >= len(examples):

@@ -54,6 +54,26 @@ def test_budget_drops_farthest_examples_first():
     assert fit.prompt_tokens + 10 <= full - 5
 
 
+def test_budget_caches_blocks_but_not_whole_prompts():
+    # A server budgets every request's prompt: whole prompts must not pile up in the cache.
+    t = Template()
+    exs = [(f"question {i}", f"answer {i} " * 20) for i in range(3)]
+    counted: list[str] = []
+
+    def count(s: str) -> int:
+        counted.append(s)
+        return len(s.split())
+
+    b = Budget(count, context_window=10_000)
+    prompts = [b.fit(t, SYSTEM, exs, f"query number {i}", max_tokens=16).prompt
+               for i in range(50)]
+    assert all(p is not None for p in prompts)
+    # cached: the preamble, the 3 examples and the 50 query blocks; no whole prompt
+    assert b._count.cache_info().currsize == 1 + 3 + 50
+    assert sum(p in counted for p in prompts) == 50  # each prompt counted exactly, once
+    assert len(counted) == 1 + 3 + 50 + 50
+
+
 def test_budget_fails_a_query_that_cannot_fit():
     count = lambda s: len(s.split())
     b = Budget(count, context_window=30)
