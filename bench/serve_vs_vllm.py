@@ -27,11 +27,17 @@ system seconds of the server process and of its children, vLLM's engine core inc
 before and after each of its rounds), split into the front end (HTTP, retrieval, tokenising)
 and the engine: on a shared machine the wall-clock ratio moves with the other jobs' load, the
 CPU seconds per request much less. Targets: throughput >= 0.95 of vLLM's, p50 latency within +10%.
+`--torch-arm` starts a third server side by side, `icl-search serve` with its query embedder
+on PyTorch (`ICL_SEARCH_EMBED_BACKEND=torch`) instead of onnxruntime, in the same rotating
+rounds: what the onnx backend buys, on the same load. Each round runs the same requests on
+every server back to back, so the per-round throughput ratios (median and range, in the
+JSON) show how much of the whole-run ratio is the machine.
 Prints a table and writes `bench/results/serve-vs-vllm.json` (`serve-vs-vllm-default.json`
 for `--model default`).
 
     .venv/bin/python bench/serve_vs_vllm.py                    # tiny random Llama, ~3 min
     .venv/bin/python bench/serve_vs_vllm.py --model default    # Gemma 3 270M base
+    .venv/bin/python bench/serve_vs_vllm.py --requests 512 --rounds 16 --torch-arm
 """
 
 from __future__ import annotations
