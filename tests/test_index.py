@@ -203,6 +203,16 @@ def test_onnx_backend_refuses_what_it_cannot_run_and_auto_falls_back(monkeypatch
     assert auto.encode("x").shape == (384,) and auto.backend_used == "torch"
     with pytest.raises(EmbedderError, match="CPU only"):
         Embedder(cache=False, backend="onnx", device="cuda")
+    # A home where the export cannot be written: auto stays on PyTorch.
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    (readonly / "onnx").write_text("a file where the export folder would go")
+    monkeypatch.setenv("ICL_SEARCH_HOME", str(readonly))
+    with pytest.raises(EmbedderError, match="could not be written"):
+        Embedder(cache=False, backend="onnx").encode("x")
+    stuck = Embedder(cache=False)
+    assert stuck.encode("x").shape == (384,) and stuck.backend_used == "torch"
+    monkeypatch.setenv("ICL_SEARCH_HOME", str(tmp_path))
     # An export that disagrees with PyTorch is recorded, refused, and not retried.
     monkeypatch.setattr(ob, "AGREEMENT", 1.5)
     with pytest.raises(EmbedderError, match="disagreed with PyTorch"):
