@@ -112,7 +112,7 @@ class OnnxEncoder:
         except OSError as exc:  # a read-only or full home: PyTorch still works
             raise OnnxUnavailable(f"its export could not be written to {folder} ({exc})"
                                   ) from exc
-        except Exception as exc:  # noqa: BLE001 - an op the exporter or onnxruntime lacks
+        except Exception as exc:  # an op the exporter or onnxruntime lacks
             line = (str(exc).strip().splitlines() or [""])[0][:200]
             raise OnnxUnavailable(f"its export failed ({type(exc).__name__}: {line})") from exc
         write_json(manifest, {"id": embedder_id, "format": _FORMAT, "inputs": inputs,
