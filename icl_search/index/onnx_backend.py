@@ -57,8 +57,9 @@ class OnnxUnavailable(Exception):
     """This model cannot be run by onnxruntime here (why is the message); use PyTorch."""
 
 
-def _structure(model: Any) -> tuple[str, bool]:
-    """(pooling mode, has a Normalize module) of a supported model, else `OnnxUnavailable`."""
+def _structure(model: Any) -> str:
+    """The pooling mode of a supported model, else `OnnxUnavailable`. (Vectors are always
+    L2-normalised, as `Embedder` asks sentence-transformers for them.)"""
     names = [type(m).__name__ for m in model]
     if names not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
         raise OnnxUnavailable(f"modules {names}: only Transformer + Pooling (+ Normalize) "
@@ -69,7 +70,7 @@ def _structure(model: Any) -> tuple[str, bool]:
         raise OnnxUnavailable(f"pooling mode {mode!r}: only mean and CLS pooling are exported")
     if not getattr(pooling, "include_prompt", True):
         raise OnnxUnavailable("pooling without the prompt tokens is not exported")
-    return mode, len(names) == 3
+    return mode
 
 
 class OnnxEncoder:
@@ -93,19 +94,26 @@ class OnnxEncoder:
             import onnxruntime  # noqa: F401 - only checking it is installed
         except ImportError as exc:
             raise OnnxUnavailable("onnxruntime is not installed") from exc
-        pooling, _ = _structure(st_model)
+        pooling = _structure(st_model)
         folder = cls.folder(embedder_id)
         path, manifest = folder / "model.onnx", folder / "manifest.json"
         inputs = [k for k in ("input_ids", "attention_mask", "token_type_ids")
                   if k in st_model.preprocess(["probe"])]
-        if manifest.is_file() and path.is_file():
-            meta = json.loads(manifest.read_text(encoding="utf-8"))
-            if meta.get("id") == embedder_id and meta.get("inputs") == inputs:
-                if not meta.get("agrees", False):
-                    raise OnnxUnavailable(f"its export disagreed with PyTorch "
-                                          f"(cosine {meta.get('min_cosine')})")
-                return cls(st_model, path, inputs, pooling)
         enc = cls(st_model, path, inputs, pooling)
+        try:
+            meta = json.loads(manifest.read_text(encoding="utf-8")) if path.is_file() else {}
+        except (OSError, ValueError):  # missing or unreadable: export again
+            meta = {}
+        if meta.get("id") == embedder_id and meta.get("inputs") == inputs:
+            if not meta.get("agrees", False):
+                raise OnnxUnavailable(f"its export disagreed with PyTorch (cosine "
+                                      f"{meta.get('min_cosine')}; delete {folder} to retry)")
+            # A hub model keeps its name when its weights change: two probes each time the
+            # export is loaded (~20 ms) catch an export of other weights (or a damaged
+            # file), which is then redone.
+            if enc._still_agrees():
+                return enc
+            enc._sessions.clear()
         try:
             enc._export(folder)
             worst = enc._agreement()
@@ -119,7 +127,8 @@ class OnnxEncoder:
                               "pooling": pooling, "min_cosine": worst,
                               "agrees": worst >= AGREEMENT})
         if worst < AGREEMENT:
-            raise OnnxUnavailable(f"its export disagreed with PyTorch (cosine {worst:.6f})")
+            raise OnnxUnavailable(f"its export disagreed with PyTorch (cosine {worst:.6f}; "
+                                  f"delete {folder} to retry)")
         return enc
 
     def _export(self, folder: Path) -> None:
@@ -151,9 +160,17 @@ class OnnxEncoder:
         with atomic_write(self.path, "wb", encoding=None) as fh:
             fh.write(graph.getvalue())
 
-    def _agreement(self) -> float:
-        ours = self.encode(list(PROBES), batch_size=4, threads=1)
-        theirs = self._st.encode(list(PROBES), convert_to_numpy=True, normalize_embeddings=True)
+    def _still_agrees(self) -> bool:
+        """Two probes against PyTorch; False also for a graph onnxruntime cannot load."""
+        try:
+            return self._agreement(PROBES[:2]) >= AGREEMENT
+        except Exception:  # noqa: BLE001 - an unreadable graph is exported again
+            return False
+
+    def _agreement(self, probes: tuple[str, ...] = PROBES) -> float:
+        """The lowest cosine between this graph's vectors and PyTorch's for `probes`."""
+        ours = self.encode(list(probes), batch_size=4, threads=1)
+        theirs = self._st.encode(list(probes), convert_to_numpy=True, normalize_embeddings=True)
         return float(np.min(np.sum(ours * theirs, axis=1)))
 
     # -- running ---------------------------------------------------------------------------
