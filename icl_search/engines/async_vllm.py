@@ -21,6 +21,7 @@ from typing import Any
 
 from icl_search.engines.base import EngineError, SamplingParams
 from icl_search.engines.vllm import VLLM_MISSING, _has_gpu, engine_args
+from icl_search.errors import first_line
 from icl_search.models import resolve_model
 
 
@@ -239,5 +240,5 @@ def _first_error(exc: Exception, given: set[str]) -> str:
             return f"{field}: {first.get('msg')}, got {first.get('input')!r}"
         except (IndexError, TypeError, AttributeError):
             pass
-    line = (str(exc).strip().splitlines() or [""])[0]
+    line = first_line(exc, "")
     return f"{type(exc).__name__}: {line}" if line else type(exc).__name__

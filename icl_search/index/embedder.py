@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from icl_search.errors import IclSearchError
+from icl_search.errors import IclSearchError, first_line
 from icl_search.index.cache import EmbeddingCache
 
 DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -50,10 +50,9 @@ def _load_model(location: str, device: str | None) -> Any:
             try:
                 _MODELS[key] = SentenceTransformer(location, device=device)
             except Exception as exc:  # any failure here is "this embedder cannot be loaded"
-                first_line = (str(exc).strip().splitlines() or [""])[0]
                 raise EmbedderError(
                     f"embedder {location!r} could not be loaded ({type(exc).__name__}: "
-                    f"{first_line}); "
+                    f"{first_line(exc, '')}); "
                     "give a sentence-transformers model name available offline or a local "
                     "model directory"
                 ) from exc

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from icl_search.errors import first_line
 from icl_search.io import atomic_write, write_json
 from icl_search.paths import home
 
@@ -121,8 +122,8 @@ class OnnxEncoder:
             raise OnnxUnavailable(f"its export could not be written to {folder} ({exc})"
                                   ) from exc
         except Exception as exc:  # an op the exporter or onnxruntime lacks
-            line = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise OnnxUnavailable(f"its export failed ({type(exc).__name__}: {line})") from exc
+            raise OnnxUnavailable(f"its export failed ({type(exc).__name__}: "
+                                  f"{first_line(exc, '')[:200]})") from exc
         write_json(manifest, {"id": embedder_id, "format": _FORMAT, "inputs": inputs,
                               "pooling": pooling, "min_cosine": worst,
                               "agrees": worst >= AGREEMENT})

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import polars as pl
 
-from icl_search.errors import IclSearchError
+from icl_search.errors import IclSearchError, first_line
 from icl_search.io import json_type, read_jsonl_objects
 
 # Limits beyond which a row is almost certainly a parsing accident (a whole file in one cell,
@@ -265,10 +265,6 @@ def _parquet_rows(path: Path) -> tuple[list[tuple[int, dict]], list[Problem]]:
         return [], [Problem(path, None, None, f"cannot read Parquet: {first_line(exc)}")]
     problems = _columns_problems(path, df.columns, None, "row")
     return list(enumerate(df.iter_rows(named=True), 1)), problems
-
-
-def first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def example_from_row(row: dict[str, Any], report: Callable[[str | None, str], None],
