@@ -186,6 +186,20 @@ def test_engine_args_are_checked_against_vllms_engine_args(tmp_path, tiny_model_
     assert r.exit_code == 2 and "field 'model.engine_args.quantisation'" in r.output
 
 
+def test_a_bad_engine_arg_value_is_one_message_before_vllm_starts(tiny_model_dir):
+    # `[model.engine_args]` of a study: the value is vLLM's to check; its refusal names the
+    # field (the study engine shares the check with `icl-search serve --engine-arg`)
+    from icl_search.engines.vllm import _LLMS
+
+    before = len(_LLMS)
+    with pytest.raises(EngineError, match=r"^vLLM refused the engine arguments: "
+                                          r"SchedulerConfig\.max_num_seqs: Input should be "
+                                          r"greater than or equal to 1, got -3$"):
+        make_engine(f"vllm:{tiny_model_dir}", max_model_len=1024,
+                    engine_args={"max_num_seqs": -3})
+    assert len(_LLMS) == before  # no engine was built
+
+
 def test_engine_args_reach_vllm(tiny_model_dir, tiny_engine):
     from tests.conftest import TINY_KV_BYTES
 

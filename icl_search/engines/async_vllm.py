@@ -11,7 +11,6 @@ cache, eager mode). Measured on 2 CPU cores with the tiny test model: 8 concurre
 
 from __future__ import annotations
 
-import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -20,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from icl_search.engines.base import EngineError, SamplingParams
-from icl_search.engines.vllm import VLLM_MISSING, _has_gpu, engine_args
-from icl_search.errors import first_line
+from icl_search.engines.vllm import VLLM_MISSING, _has_gpu, check_engine_config, engine_args
 from icl_search.models import resolve_model
 
 
@@ -116,20 +114,7 @@ class AsyncVLLMEngine:
         """Have vLLM validate the engine arguments now (`create_engine_config`, what `start`
         does first: the model's config read, every value type- and range-checked), so a bad
         value is one `EngineError` naming the argument before any server starts."""
-        try:
-            from vllm.engine.arg_utils import AsyncEngineArgs
-        except ImportError as exc:
-            raise EngineError(f"{VLLM_MISSING} ({exc})") from None
-        vllm_log = logging.getLogger("vllm")
-        level = vllm_log.level
-        vllm_log.setLevel(logging.ERROR)  # its start-up notes belong to the real start
-        try:
-            AsyncEngineArgs(**self._kwargs).create_engine_config()
-        except Exception as exc:  # noqa: BLE001 - vLLM raises pydantic, type and value errors
-            raise EngineError("vLLM refused the engine arguments: "
-                              f"{_first_error(exc, set(self._kwargs))}") from None
-        finally:
-            vllm_log.setLevel(level)
+        check_engine_config(self._kwargs, asynchronous=True)
 
     async def start(self) -> None:
         if self._llm is not None:
@@ -221,24 +206,3 @@ class AsyncVLLMEngine:
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
-
-def _first_error(exc: Exception, given: set[str]) -> str:
-    """One line for an engine-argument error: a pydantic error's field and message
-    (`SchedulerConfig.max_num_seqs: Input should be greater than or equal to 1, got -3`),
-    the first about an argument in `given` if any is (a bad value also breaks the fields
-    vLLM derives from it), else the exception's type and first line."""
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        try:
-            found = errors()
-            first = next((e for e in found if given & {str(x) for x in e.get("loc", ())}),
-                         found[0])
-            where = ".".join(str(x) for x in first.get("loc", ()) if not str(x).startswith(
-                ("literal[", "is-instance[")))
-            title = getattr(exc, "title", "")
-            field = f"{title}.{where}" if title and where else (where or title)
-            return f"{field}: {first.get('msg')}, got {first.get('input')!r}"
-        except (IndexError, TypeError, AttributeError):
-            pass
-    line = first_line(exc, "")
-    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from icl_search.engines.base import Completion, EngineError, EngineStats, SamplingParams
+from icl_search.errors import first_line
 from icl_search.models import model_fingerprint, resolve_model
 
 DEFAULT_CPU_KV_CACHE_BYTES = 512 * 2**20
@@ -60,6 +62,49 @@ def check_engine_args(args: dict[str, Any], where: str = "model.engine_args") ->
                 " (see `vllm serve --help`: the flags, with - as _)"
             raise EngineError(f"{where}.{name}: not a vLLM engine argument{hint}")
     return args
+
+
+def check_engine_config(kwargs: dict[str, Any], *, asynchronous: bool = False) -> None:
+    """vLLM's own validation of a complete set of engine arguments, before any engine starts:
+    `EngineArgs(**kwargs).create_engine_config()` (what `LLM` and `AsyncLLM` do first: the
+    model's config read, every value type- and range-checked). A refusal is one `EngineError`
+    naming the field, e.g. `SchedulerConfig.max_num_seqs: Input should be greater than or
+    equal to 1, got -3`."""
+    try:
+        from vllm.engine.arg_utils import AsyncEngineArgs, EngineArgs
+    except ImportError as exc:
+        raise EngineError(f"{VLLM_MISSING} ({exc})") from None
+    vllm_log = logging.getLogger("vllm")
+    level = vllm_log.level
+    vllm_log.setLevel(logging.ERROR)  # its start-up notes belong to the real start
+    try:
+        (AsyncEngineArgs if asynchronous else EngineArgs)(**kwargs).create_engine_config()
+    except Exception as exc:  # noqa: BLE001 - vLLM raises pydantic, type and value errors
+        raise EngineError("vLLM refused the engine arguments: "
+                          f"{_first_error(exc, set(kwargs))}") from None
+    finally:
+        vllm_log.setLevel(level)
+
+
+def _first_error(exc: Exception, given: set[str]) -> str:
+    """One line for an engine-argument error: a pydantic error's field and message, the first
+    about an argument in `given` if any is (a bad value also breaks the fields vLLM derives
+    from it), else the exception's type and first line."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            found = errors()
+            first = next((e for e in found if given & {str(x) for x in e.get("loc", ())}),
+                         found[0])
+            where = ".".join(str(x) for x in first.get("loc", ()) if not str(x).startswith(
+                ("literal[", "is-instance[")))
+            title = getattr(exc, "title", "")
+            field = f"{title}.{where}" if title and where else (where or title)
+            return f"{field}: {first.get('msg')}, got {first.get('input')!r}"
+        except (IndexError, TypeError, AttributeError):
+            pass
+    line = first_line(exc, "")
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
 def engine_args(
@@ -134,6 +179,7 @@ class VLLMEngine:
         fingerprint = model_fingerprint(path)
         key = (fingerprint, *sorted((k, repr(v)) for k, v in kwargs.items()))
         if key not in _LLMS:
+            check_engine_config(kwargs)  # a bad value: one message, not vLLM's traceback
             _LLMS[key] = LLM(**kwargs)
         self.llm = _LLMS[key]
         self.model = str(path)
