@@ -114,3 +114,23 @@ class FakeJudge:
             out.append(ItemJudgement(it.id, it.category,
                                      {a: float(1 + n % 5) for a in aspects}, length_words=n))
         return JudgeResult(out, self.id)
+
+
+class ScriptedEngine(FakeEngine):
+    """A `FakeEngine` whose completions are given texts, in turn (the shapes a base model
+    produces past its answer: notes after the closing fence, invented turns, loops)."""
+
+    def __init__(self, texts: Sequence[str], context_window: int = 4096):
+        super().__init__(context_window)
+        self.texts = list(texts)
+
+    def generate(self, prompts: Sequence[str], params: SamplingParams, *,
+                 progress: bool = False) -> list[Completion]:
+        self.calls += 1
+        out = []
+        for _ in prompts:
+            text = self.texts[self.prompts % len(self.texts)]
+            self.prompts += 1
+            n = self.count_tokens(text)
+            out.append(Completion(text, 10, n, "length" if n >= params.max_tokens else "stop"))
+        return out
