@@ -13,8 +13,7 @@ from icl_search.study import build_evaluator, load_config, open_study, run_study
 from icl_search.study.confirm import answer_files, confirm, summarize
 from icl_search.study.stats import length_controlled_gain, paired_gain
 from icl_search.study.verdict import JudgeView, Row, Summary, decide
-from tests.conftest import SHARED_DATA
-from tests.helpers import FakeEngine, FakeJudge, write_config
+from tests.helpers import FakeEngine, FakeJudge, confirm_config
 
 UP = [0.5, 1, 1.5, 0.5, 1, 2, 1, 0.5, 1, 1.5, 2, 1]  # a significant gain
 FLAT = [0.3, -0.2, 0.1, -0.4, 0.2, 0.0, -0.1, 0.3, -0.3, 0.1, -0.2, 0.2]  # none
@@ -97,15 +96,7 @@ class AuditJudge(FakeJudge):
 
 def test_audit_judges_score_only_the_confirm_set_and_are_stored_beside(tmp_path,
                                                                       tiny_model_dir):
-    path = write_config(tmp_path, tiny_model_dir, name="aud", optuna="n_trials = 3",
-                        search='strategies = ["fixed"]')
-    path.write_text(path.read_text().replace(
-        "limit = 6", "limit = 6\nconfirm_fraction = 0.3\nconfirm_limit = 10\n"
-        "confirm_after_run = false").replace(
-        'example_ids = ["factual-001", "advice-001"]',
-        f'example_ids = ["factual-001", "advice-001"]\n'
-        f'urial = "{SHARED_DATA / "urial" / "inst_1k.txt"}"'))
-    cfg = load_config(path)
+    cfg = load_config(confirm_config(tmp_path, tiny_model_dir, "aud"))
     engine, judge, audit = FakeEngine(), FakeJudge(), AuditJudge()
     ev = build_evaluator(cfg, engine=engine, judge=judge, say=lambda m: None)
     run_study(cfg, ev)
