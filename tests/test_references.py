@@ -165,3 +165,14 @@ def test_a_study_judged_by_refsim_needs_references_before_any_model_loads(tmp_pa
     assert runner.invoke(app, ["study", "validate",
                                str(_config(tmp_path, "reward:default", with_refs, without))]
                          ).exit_code == 0
+
+
+@pytest.mark.parametrize("name", ["demo", "dev", "bootstrap"])
+def test_the_project_eval_sets_carry_a_reference_on_every_row(name):
+    path = POOLS / "eval" / f"{name}.jsonl"
+    queries = load_queries(path)
+    assert queries and all(q.reference and q.reference == q.reference.strip() for q in queries)
+    assert len({q.reference for q in queries}) == len(queries)
+    from icl_search.judge import require_references
+
+    require_references("refsim", queries, path)  # a refsim study runs on them
