@@ -300,7 +300,9 @@ class Evaluator:
         floor = judge_floor(judge)
         fails = [self.hygiene_floor and r.hygiene is not None and r.hygiene.fails
                  for r in records]
-        items = [JudgeItem(f"{i}", r.query, None if bad else r.answer, r.category)
+        refs = {q.id: q.reference for q in self.queries}  # read by reference-anchored judges
+        items = [JudgeItem(f"{i}", r.query, None if bad else r.answer, r.category,
+                           refs.get(r.query_id))
                  for i, (r, bad) in enumerate(zip(records, fails))]
         result = judge.score(items)
         for j, bad in zip(result.items, fails):
