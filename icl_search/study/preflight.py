@@ -82,7 +82,7 @@ def check_references(cfg: StudyConfig, query_files: dict) -> None:
     from icl_search.judge import require_references
 
     judges = {"judge.spec": cfg.judge.spec, "judge.screen": cfg.judge.screen,
-              "judge.audit": getattr(cfg.judge, "audit", None)}
+              **{f"judge.audit[{i}]": a for i, a in enumerate(cfg.judge.audit)}}
     for field, spec in judges.items():
         for path, queries in query_files.items():
             if spec:
