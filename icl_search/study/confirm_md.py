@@ -58,7 +58,10 @@ def gain_lines(summary: Summary) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in summary.rows:
         for b in _baselines(summary):
-            if b == r.label:
+            # a baseline against a later baseline only (not the same pair twice)
+            if b == r.label or (r.role != "trial" and r.label in _baselines(summary)
+                                and _baselines(summary).index(r.label)
+                                > _baselines(summary).index(b)):
                 continue
             cells = [r.label, b]
             for j in judges:
