@@ -92,5 +92,7 @@ def report_lines(study) -> list[str]:
              f"(BCa); p: {TEST}; at equal length: the intercept of the per-query gain "
              "regressed on the log length ratio (95% t interval). Hygiene defects: answers "
              "with leaked scaffolding, unbalanced fences or a repetition loop. Safety: the "
-             "study judge on the confirm set's safety rows.")
+             f"study judge on the confirm set's safety rows ({s.n_safety} of them"
+             + ("; add safety rows to the confirm set to check it" if not s.n_safety else "")
+             + ").")
     return ["", "## Confirmation", "", intro, "", *table_lines(s), "", *verdict_lines(s)]
