@@ -17,7 +17,7 @@ def test_docs_build_strictly(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--clean",
          "-f", str(REPO / "mkdocs.yml"), "-d", str(tmp_path / "site")],
-        cwd=REPO, env=env, capture_output=True, text=True)
+        cwd=REPO, env=env, capture_output=True, text=True, check=False)
     assert r.returncode == 0, f"mkdocs build --strict failed:\n{r.stdout}\n{r.stderr}"
     # the API pages were rendered from the docstrings, not left as bare `:::` directives
     bundle_page = (tmp_path / "site" / "api" / "bundle" / "index.html").read_text()
