@@ -48,6 +48,7 @@ from icl_search.bundle.parts import (
     package_versions,
     redact_url,
 )
+from icl_search.bundle.portable import copy_beside
 
 __all__ = [
     "NO_URIAL_FILE",
@@ -64,6 +65,7 @@ __all__ = [
     "Retrieval",
     "Scores",
     "SystemMode",
+    "copy_beside",
     "package_versions",
     "redact_url",
 ]
