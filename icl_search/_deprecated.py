@@ -16,6 +16,7 @@ from typing import Any
 # (old module, name): (new module, the version that removes the old path)
 MOVED: dict[tuple[str, str], tuple[str, str]] = {
     ("icl_search.study", "trials_frame"): ("icl_search.report", "0.2.0"),
+    ("icl_search.bundle", "redact_url"): ("icl_search.redact", "0.2.0"),
 }
 
 

@@ -14,13 +14,13 @@ from icl_search.bundle import (
     Bundle,
     BundleError,
     ContextWindowError,
-    redact_url,
 )
 from icl_search.cli import app
 from icl_search.engines.base import SamplingParams
 from icl_search.index import Embedder, PoolIndex
 from icl_search.pool import Example, Pool, parse_urial
 from icl_search.prompt import Budget, Template
+from icl_search.redact import redact_url
 from icl_search.selection import SelectionConfig, Selector
 
 SYSTEM = "Below are conversations between a curious user and a careful, helpful assistant."

@@ -4,6 +4,7 @@ list with a removal version."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import warnings
@@ -30,12 +31,17 @@ def test_version_lives_on_the_ground_floor():
     assert icl_search.__version__ == __version__
 
 
-def test_a_moved_name_warns_and_names_its_new_home():
-    import icl_search.study
-    from icl_search.report import trials_frame
+def test_every_moved_name_warns_and_names_its_new_home():
+    import importlib
 
-    with pytest.warns(DeprecationWarning, match=r"icl_search\.report\.trials_frame.*0\.2\.0"):
-        assert icl_search.study.trials_frame is trials_frame
+    from icl_search._deprecated import MOVED
+
+    for (old, name), (new, removal) in MOVED.items():
+        module = importlib.import_module(old)
+        with pytest.warns(DeprecationWarning, match=rf"{new}\.{name}.*{re.escape(removal)}"):
+            assert getattr(module, name) is getattr(importlib.import_module(new), name)
+    import icl_search.study
+
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         icl_search.study.no_such_name  # noqa: B018
     # a submodule is still found by the import system past the module __getattr__

@@ -46,7 +46,6 @@ from icl_search.bundle.parts import (
     Scores,
     SystemMode,
     package_versions,
-    redact_url,
 )
 from icl_search.bundle.portable import copy_beside
 
@@ -67,5 +66,11 @@ __all__ = [
     "SystemMode",
     "copy_beside",
     "package_versions",
-    "redact_url",
 ]
+
+
+def __getattr__(name: str):
+    # old paths (`icl_search.bundle.redact_url`): the one list is icl_search._deprecated
+    from icl_search._deprecated import moved
+
+    return moved(__name__, name)
