@@ -338,6 +338,15 @@ def test_a_copied_bundle_folder_answers_select_from_another_directory(retrieval_
     assert res.exit_code == 0, res.output
     assert res.output.endswith(expected)
 
+    # one folder holds one pool: another pool of the same name is never overwritten
+    other_pool = tmp_path / "other" / "pool.jsonl"
+    Pool(EXAMPLES[:3]).save(other_pool)
+    other = Bundle.create(model="m", system=SYSTEM, pool_path=other_pool,
+                          selection=SelectionConfig(strategy="knn", k=2))
+    with pytest.raises(BundleError, match="holds another pool"):
+        copy_beside(other, far / "other.json")
+    assert not (far / "other.json").exists()
+
     # the index is a cache of the pool: without it the bundle rebuilds the same one
     shutil.rmtree(far / "pool.jsonl.index")
     res = runner.invoke(app, ["select", rel, query, "--prompt-only"])

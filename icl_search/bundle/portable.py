@@ -12,6 +12,7 @@ pool it has just verified.
 
 from __future__ import annotations
 
+import filecmp
 import os
 import shutil
 import tempfile
@@ -77,6 +78,9 @@ def copy_beside(bundle: Bundle, out: str | os.PathLike) -> Bundle:
     assert pool_src is not None and bundle.index_dir is not None
     pool_dst = folder / pool_src.name
     index_dst = folder / f"{pool_dst.name}.index"
+    if pool_dst.is_file() and not filecmp.cmp(pool_src, pool_dst, shallow=False):
+        raise BundleError(f"{pool_dst} exists and holds another pool: a bundle folder holds "
+                          "one pool; export this bundle into a folder of its own")
     _copy_file(pool_src, pool_dst)
     if bundle.index_dir.is_dir():
         _copy_folder(bundle.index_dir, index_dst)
