@@ -23,6 +23,15 @@ def test_docs_build_strictly(tmp_path):
     bundle_page = (tmp_path / "site" / "api" / "bundle" / "index.html").read_text()
     assert 'id="icl_search.bundle.Bundle.render"' in bundle_page
     assert ":::" not in bundle_page
+    # the config reference is generated from the schema: every section and field is there
+    from icl_search.study.config import StudyConfig
+
+    config_page = (tmp_path / "site" / "config" / "index.html").read_text()
+    assert "CONFIG-REFERENCE" not in config_page
+    for section, field in [("optuna", "n_trials"), ("eval", "confirm_fraction"),
+                           ("search", "strategies")]:
+        assert field in StudyConfig.model_fields[section].annotation.model_fields
+        assert f"[{section}]" in config_page and f"<code>{field}</code>" in config_page
 
 
 def test_readme_is_short_and_its_links_resolve():
