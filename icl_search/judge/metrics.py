@@ -60,20 +60,27 @@ def agreement(predicted: Sequence[float], reference: Sequence[float]) -> dict[st
 
 def preference_figures(groups: Sequence[Group], scores: dict[str, np.ndarray], *,
                        lc_winrate: dict[str, float] | None = None) -> dict[str, Any]:
-    """Pair agreement (all pairs with preferences >= 0.3 apart, and the length-matched ones),
+    """Pair agreement (all pairs with preferences >= 0.3 apart, and the length-matched ones,
+    lengths counted by words and, in the `_chars` keys, by characters),
     the "longer" rule on the same pairs, system Spearman against LC win rates (the 23 models,
     NullModel left out), and NullModel's rank among all systems (1 = best)."""
     from scipy.stats import spearmanr
 
     pairs = within_query_pairs(groups)
     matched = [p for p in pairs if p.matched]
+    matched_c = [p for p in within_query_pairs(groups, by="chars") if p.matched]
     longer = longer_scores(groups)
     out: dict[str, Any] = {
         "queries": len(groups), "pairs": len(pairs), "matched_pairs": len(matched),
         "agreement_all": pair_agreement(groups, scores, pairs),
         "agreement_matched": pair_agreement(groups, scores, matched),
         "longer_all": pair_agreement(groups, longer, pairs),
-        "longer_matched": pair_agreement(groups, longer, matched), "chance": 0.5,
+        "longer_matched": pair_agreement(groups, longer, matched),
+        "matched_pairs_chars": len(matched_c),
+        "agreement_matched_chars": pair_agreement(groups, scores, matched_c),
+        "longer_matched_chars": pair_agreement(
+            groups, {g.id: np.array([len(a.text) for a in g.answers], float) for g in groups},
+            matched_c), "chance": 0.5,
         "system_spearman": None, "null_rank": None, "systems": 0}
     per_system: dict[str, list[float]] = {}
     for g in groups:
