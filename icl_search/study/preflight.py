@@ -39,7 +39,7 @@ def check_specs(cfg: StudyConfig) -> None:
             raise StudyError(f"{cfg.source}: field '{field}': {exc}") from None
         if kind in ("logprob", "sample"):
             engine(field, rest)
-        elif kind in ("distilled", "reward") and rest != "default" and ":" not in rest:
+        elif kind in ("distilled", "reward", "anchored") and rest != "default" and ":" not in rest:
             _folder(cfg, field, str(cfg.path(rest)))
 
     engine("model.engine", cfg.model.engine)
