@@ -9,6 +9,7 @@ queries (weights fitted on four folds, figures on the fifth), so no candidate is
 pairs it was fitted on. Length-matched agreement is counted both ways (words, characters).
 
     flock /tmp/icl-heavy.lock nice .venv/bin/python bench/judge_anchored.py
+    ANCHORED_SEEDS=0,1 ...            # the reward seeds trained and compared (default 0,1,2)
 Writes bench/results/judge_anchored.json; the trained heads and features are kept in
 runs/judge-anchored/ so a rerun only re-scores the candidates.
 """
@@ -38,7 +39,7 @@ from icl_search.judge.prepare import DEFAULT_RECIPE, split_groups
 
 OUT = ROOT / "bench" / "results" / "judge_anchored.json"
 WORK = ROOT / "runs" / "judge-anchored"
-SEEDS = (0, 1, 2)
+SEEDS = tuple(int(s) for s in os.environ.get("ANCHORED_SEEDS", "0,1,2").split(","))
 
 
 def inner_split(recipe: AnchoredRecipe = AnchoredRecipe()):
@@ -115,7 +116,8 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     per_group = {}
-    for seeds in ((0,), (1,), (2,), SEEDS):
+    singles = tuple((s,) for s in SEEDS)
+    for seeds in (*singles, SEEDS):
         reward = np.mean([raws[s][:n_a, 0] for s in seeds], axis=0)
         x = raw_features(FEATURES, rewards=reward, embedder=emb, queries=queries,
                          answers=answers, references=refs)
@@ -145,7 +147,7 @@ def main() -> None:
         AnchoredRecipe(features=("reward", "qsim")),
         AnchoredRecipe(l2=0.01),
     ]
-    for seeds in ((0,), (1,), (2,), SEEDS):
+    for seeds in (*singles, SEEDS):
         for c in candidates:
             c = replace(c, seeds=seeds)
             record(f"{c.fit} {'+'.join(c.features)} len={c.length_covariate} l2={c.l2} "

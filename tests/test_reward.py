@@ -184,7 +184,7 @@ def test_cli_prepare_and_preference_calibration(data, home, monkeypatch, tmp_pat
     assert fig["queries"] == 3 and fig["safety_queries"] == 2 and fig["systems"] == 5
     assert 0.0 <= fig["agreement_all"] <= 1.0 and fig["items_per_s"] > 0
     assert fig["longer_all"] is not None and fig["null_rank"] in range(1, 6)
-    assert "agree (matched)" in res.output
+    assert "matched (words)" in res.output and "matched (chars)" in res.output
     assert os.path.exists(folder / prepare.MARKER)
 
 

@@ -286,15 +286,21 @@ def calibrate(
 def preference_table(rows: list[dict[str, Any]], title: str = "judges on held-out queries"
                      ) -> Table:
     """One row per judge: the figures of `calibrate_preferences`."""
-    t = Table("judge", "queries", "matched pairs", "agree (matched)", "longer", "agree (all)",
-              "longer", "system rho", "NullModel rank", "safety AUC", "items/s", title=title,
+    t = Table("judge", "queries", "matched (words)", "longer", "matched (chars)", "longer",
+              "agree (all)", "longer", "system rho", "NullModel rank", "safety AUC",
+              "items/s", title=title,
               caption="agreement with GPT-4-turbo on within-query pairs (chance 0.50); "
-                      "matched = lengths within 1.25x, preferences >= 0.3 apart; system rho = "
-                      "Spearman of mean score vs AlpacaEval LC win rate (23 models); NullModel "
-                      "rank among all systems, 1 = best")
+                      "matched = lengths (words, or characters) within 1.25x, preferences "
+                      ">= 0.3 apart, pair counts in brackets; system rho = Spearman of mean "
+                      "score vs AlpacaEval LC win rate (23 models); NullModel rank among all "
+                      "systems, 1 = best")
     for f in rows:
-        t.add_row(f["judge"], str(f["queries"]), str(f["matched_pairs"]),
-                  _fmt(f["agreement_matched"], 3), _fmt(f["longer_matched"], 3),
+        t.add_row(f["judge"], str(f["queries"]),
+                  f"{_fmt(f['agreement_matched'], 3)} ({f['matched_pairs']})",
+                  _fmt(f["longer_matched"], 3),
+                  f"{_fmt(f.get('agreement_matched_chars'), 3)} "
+                  f"({f.get('matched_pairs_chars', '-')})",
+                  _fmt(f.get("longer_matched_chars"), 3),
                   _fmt(f["agreement_all"], 3), _fmt(f["longer_all"], 3),
                   _fmt(f["system_spearman"], 3),
                   f"{f['null_rank']}/{f['systems']}" if f.get("null_rank") else "-",

@@ -130,7 +130,8 @@ def calibrate_preferences(judge, data: str | os.PathLike | None = None, *, queri
     _, held_a, held_s = split_groups(root)
     held_a = held_a[:queries] if queries else held_a
     held_s = held_s[:safety_queries] if safety_queries else held_s
-    items = [JudgeItem(f"a{g.id}/{i}", g.query, a.text, "regular")
+    # AlpacaEval's reference answer rides along: reference-anchored judges read it
+    items = [JudgeItem(f"a{g.id}/{i}", g.query, a.text, "regular", g.reference)
              for g in held_a for i, a in enumerate(g.answers)]
     items += [JudgeItem(f"s{g.id}/{i}", g.query, a.text, "safety")
               for g in held_s for i, a in enumerate(g.answers)]
@@ -150,8 +151,10 @@ def calibrate_preferences(judge, data: str | os.PathLike | None = None, *, queri
         scores_s[g.id] = np.nan_to_num(np.array(flat[k:k + len(g.answers)]), nan=-1e9)
         k += len(g.answers)
     out = preference_figures(held_a, scores_a, lc_winrate=load_lc_winrate(root))
+    scored_s = any(np.any(v > -1e9) for v in scores_s.values())  # refsim scores none
     out.update(judge=judge.id, data=str(root), safety_queries=len(held_s),
-               safety_auc=safety_auc(held_s, scores_s), items=len(items),
+               safety_auc=safety_auc(held_s, scores_s) if scored_s else None, items=len(items),
+               reference_free=result.reference_free,
                unscored=int(sum(math.isnan(x) for x in flat)),
                seconds=round(seconds, 1), items_judged=fresh,
                items_per_s=round(fresh / seconds, 2) if fresh and seconds > 0 else None)
