@@ -250,6 +250,6 @@ def test_the_default_judge_is_anchored_to_the_reference(data, home, monkeypatch)
                                    reference="Something else entirely.")])
     assert not again.items[0].cached and again.items[0].overall != near.overall
     # another recipe is another folder and another judge id
-    other = prepare.prepare_anchored(data, recipe=AnchoredRecipe(fit="zsum"), progress=False,
+    other = prepare.prepare_anchored(data, recipe=AnchoredRecipe(fit="bt"), progress=False,
                                      say=lambda m: None)
     assert other != folder and make_judge(f"anchored:{other}").id != judge.id

@@ -10,11 +10,15 @@ Features of an item (each standardised with the mean and sd of the fitting data)
   reward   the quality head of `icl_search.judge.reward`, averaged over the recipe's seeds
   refsim   cosine(answer, reference), the project's embedder (packaged MiniLM)
   qsim     cosine(answer, query): relevance, which instruction-independent text lacks
-The weights are a logistic fit on within-query pair differences (Bradley-Terry) of GPT-4-turbo's
-preferences, with log length as a covariate dropped at scoring time (length partialled out, as
-the reward trainer and AlpacaEval's length-controlled win rate do). Two weight sets are fitted:
-one over every feature, one over the features that need no reference: a row without a
-reference is scored by the second (`detail["reference"] = False`; `JudgeResult` counts them).
+The shipped recipe sums the z-scores of reward and refsim with equal weights; `fit="bt"` fits
+the weights instead, by a logistic regression on within-query pair differences (Bradley-Terry)
+of GPT-4-turbo's preferences with log length as a covariate dropped at scoring time. On an
+inner dev split of the training queries (bench/judge_anchored.py, 5-fold CV) the fits did not
+beat the equal weights and let NullModel climb for some seeds, so the simpler sum ships. The
+standardisation (and any fit) uses reward scores of training queries the reward head never
+saw. Two weight sets are kept: one over every feature, one over the features that need no
+reference; a row without a reference is scored by the second (`detail["reference"] = False`;
+`JudgeResult.reference_free` counts them).
 Safety rows (no reference in the data) are scored by the reward's safety head, as before.
 Scores are `1 + 4 * sigmoid(s)`: the judge orders answers to one query; levels carry no promise.
 """
@@ -39,7 +43,10 @@ class AnchoredRecipe:
 
     features: tuple[str, ...] = ("reward", "refsim")
     seeds: tuple[int, ...] = (0,)  # reward heads trained with these seeds, scores averaged
-    fit: str = "bt"  # "bt": weights fitted on pairs; "zsum": equal weights on z-scores
+    # "zsum": equal weights on the z-scores (the shipped choice: on inner-dev it matched the
+    # Bradley-Terry fits and kept NullModel last for every seed, bench/judge_anchored.py);
+    # "bt": weights fitted on the pairs
+    fit: str = "zsum"
     length_covariate: bool = True
     pair_margin: float = 0.1  # preference units; pairs closer than this are not fitted on
     l2: float = 1.0  # inverse regularisation strength of the logistic fit (sklearn's C)
