@@ -339,3 +339,14 @@ def test_references_build_with_a_local_vllm_model(tiny_model_dir, tmp_path):
     assert res.exit_code == 0, res.output
     refs = [q.reference for q in load_queries(out)]
     assert refs[1] == "7 is a prime number." and all(refs)
+
+
+def test_a_study_on_the_default_judge_warns_of_rows_without_a_reference(tmp_path):
+    rows = _jsonl(tmp_path / "ev.jsonl", [
+        {"id": "q1", "query": "First question?", "reference": "First answer."},
+        {"id": "q2", "query": "Second question?"}])
+    cfg = _config(tmp_path, "default", rows)
+    with pytest.warns(UserWarning, match=rf"{rows}: 1 of 2 queries have no 'reference' answer; "
+                                         r"the judge 'default' \(judge.spec\) scores"):
+        res = runner.invoke(app, ["study", "validate", str(cfg)])
+    assert res.exit_code == 0, res.output

@@ -78,18 +78,29 @@ def check_data(cfg: StudyConfig) -> None:
 
 def check_references(cfg: StudyConfig, query_files: dict) -> None:
     """A judge that needs references (`refsim`), as the study's judge, screen or audit judge,
-    on an eval or confirm file with rows lacking them: one message naming the file."""
-    from icl_search.judge import require_references
+    on an eval or confirm file with rows lacking them: one message naming the file. A
+    reference-anchored judge (the default) scores such rows by its reference-free part: a
+    warning says how many."""
+    import warnings
+
+    from icl_search.judge import parse_judge_spec, require_references
 
     judges = {"judge.spec": cfg.judge.spec, "judge.screen": cfg.judge.screen,
               "judge.audit": getattr(cfg.judge, "audit", None)}
     for field, spec in judges.items():
         for path, queries in query_files.items():
-            if spec:
-                try:
-                    require_references(spec, queries, path, field=f"field '{field}'")
-                except IclSearchError as exc:
-                    raise StudyError(f"{cfg.source}: {exc}") from None
+            if not spec:
+                continue
+            try:
+                require_references(spec, queries, path, field=f"field '{field}'")
+            except IclSearchError as exc:
+                raise StudyError(f"{cfg.source}: {exc}") from None
+            lacking = sum(q.reference is None for q in queries)
+            if lacking and parse_judge_spec(spec)[0] == "anchored":
+                warnings.warn(f"{path}: {lacking} of {len(queries)} queries have no "
+                              f"'reference' answer; the judge {spec!r} ({field}) scores their "
+                              "answers without one (its reference-free part); add references "
+                              "with `icl-search references build`", stacklevel=2)
 
 
 def check_storage(cfg: StudyConfig, url: str | None = None, *, create: bool = True) -> None:
