@@ -169,6 +169,8 @@ def longer_row(data: Path, queries: int | None, safety_queries: int | None) -> d
     held_a = held_a[:queries] if queries else held_a
     held_s = held_s[:safety_queries] if safety_queries else held_s
     f = preference_figures(held_a, longer_scores(held_a), lc_winrate=load_lc_winrate(data))
+    # on pairs matched by characters the rule prefers the answer with more characters
+    f["agreement_matched_chars"] = f["longer_matched_chars"]
     f.update(judge="longer (rule)", name="longer", safety_queries=len(held_s),
              safety_auc=safety_auc(held_s, longer_scores(held_s)), items_per_s=None)
     return f
