@@ -197,6 +197,9 @@ def score(
     _out().print(summary_table(result, f"judge {result.judge_id}"))
     err.print(f"wrote {len(result.items)} rows to {out} ({result.cache_hits} from cache)",
               highlight=False)
+    if result.reference_free:
+        err.print(f"{result.reference_free} rows had no 'reference': scored by the judge's "
+                  "reference-free part", highlight=False)
     if min_coverage is not None:
         try:
             result.require_coverage(min_coverage)
