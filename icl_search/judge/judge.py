@@ -215,7 +215,7 @@ def make_judge(spec: str = "default", *, engine=None, cache=None,
         backend = RewardBackend(rest, **{k: v for k, v in opts.items()
                                    if k in ("batch_size", "threads")})
     elif kind == "anchored":
-        from icl_search.judge.anchored import AnchoredBackend
+        from icl_search.judge.learned import AnchoredBackend
 
         if rest == "default":
             from icl_search.judge.prepare import prepare_anchored
