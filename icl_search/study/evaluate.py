@@ -250,7 +250,9 @@ class Evaluator:
             raise ValueError("this evaluator has no screening judge (judge.screen)")
         per_spec = self.generate(specs, positions, keep_prompts=keep_prompts)
         flat = [r for rows in per_spec for r in rows]
-        items = [JudgeItem(f"{i}", r.query, r.answer, r.category) for i, r in enumerate(flat)]
+        refs = {q.id: q.reference for q in self.queries}  # read by reference-anchored judges
+        items = [JudgeItem(f"{i}", r.query, r.answer, r.category, refs.get(r.query_id))
+                 for i, r in enumerate(flat)]
         t1 = time.perf_counter()
         result = (self.screen if screen else self.judge).score(items)
         for r, j in zip(flat, result.items):
