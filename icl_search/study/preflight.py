@@ -78,17 +78,22 @@ def check_data(cfg: StudyConfig) -> None:
 
 def check_references(cfg: StudyConfig, query_files: dict) -> None:
     """A judge that needs references (`refsim`), as the study's judge, screen or audit judge,
-    on an eval or confirm file with rows lacking them: one message naming the file. A
+    on an eval or confirm file with rows lacking them: one message naming the file. An audit
+    judge scores the confirm set only: a separate confirm file is all it needs references in. A
     reference-anchored judge (the default) scores such rows by its reference-free part: a
     warning says how many."""
     import warnings
 
     from icl_search.judge import parse_judge_spec, require_references
 
-    judges = {"judge.spec": cfg.judge.spec, "judge.screen": cfg.judge.screen,
-              "judge.audit": getattr(cfg.judge, "audit", None)}
-    for field, spec in judges.items():
-        for path, queries in query_files.items():
+    confirm = cfg.path(cfg.eval.confirm) if cfg.eval.confirm else None
+    judges = {"judge.spec": (cfg.judge.spec, query_files),
+              "judge.screen": (cfg.judge.screen, query_files)}
+    for i, a in enumerate(cfg.judge.audit):
+        judges[f"judge.audit[{i}]"] = (a, {f: q for f, q in query_files.items()
+                                          if confirm is None or f == confirm})
+    for field, (spec, files) in judges.items():
+        for path, queries in files.items():
             if not spec:
                 continue
             try:
