@@ -65,9 +65,14 @@ def _best(study: optuna.Study):
     return study.best_trial
 
 
-def write_report(cfg, study: optuna.Study, out: Path) -> list[Path]:
+def write_report(cfg, study: optuna.Study, out: Path, review: Path | None = None) -> list[Path]:
     from icl_search.extras import require
 
+    review_part: list[str] = []
+    if review is not None:  # a blind review folder (`icl-search review`): read it first, so a
+        from icl_search.review import report_lines as review_lines  # bad one writes nothing
+
+        review_part = review_lines(review)
     matplotlib = require("matplotlib")  # the `plots` extra (matplotlib, plotly)
     require("plotly")
     matplotlib.use("Agg")
@@ -175,6 +180,7 @@ def write_report(cfg, study: optuna.Study, out: Path) -> list[Path]:
         from icl_search.propose.tables import report_lines as propose_lines
 
         lines += propose_lines(cfg)
+    lines += review_part
     lines += ["", "## Plots", ""] + [f"- [{p.name}]({p.name})" for p in written
                                      if p.suffix != ".js"]
     df = trials_frame(study)
