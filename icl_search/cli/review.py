@@ -113,6 +113,9 @@ def rate_cmd(
     opts = {"max_model_len": max_model_len} if max_model_len else {}
     with tqdm(total=total, desc="rating", unit="pair", file=err.file) as bar:
         s = rate_review(folder, judge, progress=bar.update, **opts)
+    if s.missing and not s.rated:
+        fail(f"judge {judge}: no verdict for any of the {len(s.missing)} pairs asked (pair "
+             f"{s.missing[0][0]}: {s.missing[0][1]})")
     typer.echo(s.line())
     for pair, reason in s.missing[:5]:
         err.print(escape(f"  pair {pair}: {reason}"), highlight=False)
