@@ -5,6 +5,7 @@ tests/test_review_browser.py."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import httpx
@@ -304,3 +305,61 @@ def test_rate_with_an_llm_judge_in_both_orders(tmp_path, chat_judge_url):
     again = rate_review(folder, spec, num_retries=0)
     assert (again.rated, again.already) == (0, 6)
     assert len(s.path.read_text().splitlines()) == 6
+
+
+# -- the whole round through the command line ----------------------------------------------
+def test_round_trip_make_serve_rate_score_on_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, free_port, wait_http
+
+    a = write_jsonl(tmp_path / "a.jsonl", answer_rows(LEFT, 6))
+    b = write_jsonl(tmp_path / "b.jsonl", answer_rows(RIGHT, 6))
+    folder = tmp_path / "review"
+    r = CliRunner().invoke(app, ["review", "make", "--answers", f"{LEFT}={a}", "--answers",
+                                 f"{RIGHT}={b}", "--compare", f"{LEFT}:{RIGHT}", "--out",
+                                 str(folder), "--readers", "2", "--overlap", "1"])
+    assert r.exit_code == 0, r.output
+    assert "5 pairs on 2 sheet(s) of 3, 3 pairs" in r.output
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "icl_search.cli", "review", "serve",
+                             str(folder), "--port", str(port)], env=env, cwd=REPO)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/", proc)
+        with httpx.Client(base_url=url) as c:
+            st = c.post("/api/start", json={"rater": "ana"}).json()
+            while not st["done"]:
+                st = c.post("/api/verdict", json={"rater": "ana", "pair": st["pair"],
+                                                  "verdict": "tie"}).json()
+            assert c.get("/key.json").status_code == 404
+    finally:
+        proc.terminate()
+        proc.wait()
+    r = CliRunner().invoke(app, ["review", "score", str(folder)])
+    assert r.exit_code == 0, r.output
+    assert "| bundle vs inst_1k | people | 3 | 0 | 0 | 3 | 50.0% |" in r.output
+
+
+def test_study_report_shows_a_review(tmp_path, tiny_model_dir, review):
+    from icl_search.study import build_evaluator, load_config, run_study
+    from tests.helpers import FakeEngine, FakeJudge, write_config
+
+    path = write_config(tmp_path, tiny_model_dir, name="rev", optuna="n_trials = 2",
+                        search='strategies = ["fixed"]')
+    cfg = load_config(path)
+    run_study(cfg, build_evaluator(cfg, engine=FakeEngine(), judge=FakeJudge(),
+                                   say=lambda m: None))
+    give(review, "ana", ANA)
+    out = tmp_path / "rep"
+    r = CliRunner().invoke(app, ["study", "report", str(path), "--out", str(out),
+                                 "--review", str(review)])
+    assert r.exit_code == 0, r.output
+    md = (out / "report.md").read_text()
+    assert "## Blind review" in md and "| bundle vs inst_1k | people | 11 | 6 | 3 | 2 | 63.6% |" in md
+    r = CliRunner().invoke(app, ["study", "report", str(path), "--out", str(tmp_path / "r2"),
+                                 "--review", str(tmp_path)])
+    assert r.exit_code == 2 and "not a review folder" in r.output
+    assert not (tmp_path / "r2").exists()
