@@ -225,7 +225,12 @@ def test_report_lines_for_study_report(review):
 def test_page_routes_never_serve_the_folder(review):
     from icl_search.review.web import create_app
 
+    # an LLM rater's verdicts beside: its file name is no person's, and it holds no sheet
+    append_verdicts(review, "llm:dspy:openai/some-long-model-name@http://127.0.0.1:9/v1",
+                    [{"pair": "p01", "verdict": "X", "sheet": None}])
     with serve_in_thread(create_app(review)) as url, httpx.Client(base_url=url) as c:
+        assert c.get("/api/sheets").json() == {"sheets": [{"sheet": 1, "pairs": 11,
+                                                           "raters": []}]}
         home = c.get("/")
         assert home.status_code == 200 and "Blind review" in home.text
         assert "script-src 'self'" in home.headers["content-security-policy"]
