@@ -406,3 +406,26 @@ def test_a_context_in_two_comparisons_is_pointed_out(tmp_path):
     assert any(line.startswith("note: A is in more than one comparison") for line in s.lines())
     one = make_review(rows, ["A:B"], tmp_path / "r1")
     assert not any(line.startswith("note:") for line in one.lines())
+
+
+def test_alignment_bench_writes_a_review_of_its_test_answers(tmp_path):
+    import importlib.util
+    from types import SimpleNamespace
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("alignment_bench_review",
+                                                  REPO / "bench" / "alignment.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    queries = [SimpleNamespace(id=f"q{i}", query=f"Q{i}?", category="safety" if i == 0
+                               else "regular") for i in range(4)]
+    answers = {name: [SimpleNamespace(answer=f"{name} {i}" if i < 3 else "same")
+                      for i in range(4)] for name in ("bundle", "urial_inst_1k", "zero_shot")}
+    out = bench.write_review(tmp_path / "review", queries, answers, seed=0)
+    assert out["pairs"] == 3 and out["comparisons"][0]["identical"] == 1
+    key = ReviewFolder(tmp_path / "review").key()
+    assert {(k["left"], k["right"]) for k in key["pairs"].values()} == {("bundle",
+                                                                         "urial_inst_1k")}
+    assert sorted(k["category"] for k in key["pairs"].values()) == ["regular", "regular",
+                                                                    "safety"]
