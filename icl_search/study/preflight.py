@@ -79,9 +79,9 @@ def check_data(cfg: StudyConfig) -> None:
 def check_references(cfg: StudyConfig, query_files: dict) -> None:
     """A judge that needs references (`refsim`), as the study's judge, screen or audit judge,
     on an eval or confirm file with rows lacking them: one message naming the file. An audit
-    judge scores the confirm set only: a separate confirm file is all it needs references in.
-    A reference-anchored judge (the default) scores rows without a reference by its
-    reference-free part: a warning says how many."""
+    judge scores the confirm set only: a separate confirm file is all it needs references in. A
+    reference-anchored judge (the default) scores such rows by its reference-free part: a
+    warning says how many."""
     import warnings
 
     from icl_search.judge import parse_judge_spec, require_references
@@ -93,9 +93,9 @@ def check_references(cfg: StudyConfig, query_files: dict) -> None:
         judges[f"judge.audit[{i}]"] = (a, {f: q for f, q in query_files.items()
                                           if confirm is None or f == confirm})
     for field, (spec, files) in judges.items():
-        if not spec:
-            continue
         for path, queries in files.items():
+            if not spec:
+                continue
             try:
                 require_references(spec, queries, path, field=f"field '{field}'")
             except IclSearchError as exc:
