@@ -4,8 +4,11 @@ judge for unit tests of the study loop (the tiny vLLM model covers every real en
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+
+from fastapi import Request  # module level: FastAPI reads the handler's annotation here
 
 from icl_search.engines.base import Completion, SamplingParams
 from icl_search.judge import ItemJudgement, JudgeResult
@@ -151,3 +154,51 @@ def confirm_config(tmp: Path, model: Path, name: str, **sections: str) -> Path:
         f'example_ids = ["factual-001", "advice-001"]\n'
         f'urial = "{SHARED_DATA / "urial" / "inst_1k.txt"}"'))
     return path
+
+
+@contextmanager
+def serve_in_thread(app) -> Iterator[str]:
+    """An ASGI app on uvicorn in a thread, on a free loopback port; yields its base URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the test server failed to start (see the log above)")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join()
+
+
+def pairwise_chat_app():
+    """An OpenAI-compatible chat judge for the pairwise rubric (feedback/templates/pairwise.txt):
+    it prefers the reply holding "GOOD", calls a tie when both or neither do, and with
+    "<BIASED>" anywhere in the request always answers "A" (pure position bias)."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    async def chat(request: Request):
+        text = (await request.json())["messages"][0]["content"]
+        a = text.split("[Reply A]")[1].split("[End of reply A]")[0]
+        b = text.split("[Reply B]")[1].split("[End of reply B]")[0]
+        verdict = ("A" if "<BIASED>" in text else "A" if "GOOD" in a and "GOOD" not in b
+                   else "B" if "GOOD" in b and "GOOD" not in a else "tie")
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": "s",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": f"{verdict}."}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+    app.add_api_route("/v1/chat/completions", chat, methods=["POST"])
+    return app
