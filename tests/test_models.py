@@ -27,7 +27,8 @@ def test_prepare_interrupted_leaves_nothing_complete(monkeypatch):
         (target / "config.json").write_text("{}")
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(models._BUILDERS, "gemma-3-270m", ("test", boom))
+    monkeypatch.setitem(models._BUILDERS, "gemma-3-270m",
+                        models.KnownModel("test", boom, "base", "270M"))
     with pytest.raises(KeyboardInterrupt):
         models.prepare("gemma-3-270m")
     assert not (models.models_dir() / "gemma-3-270m").exists()
