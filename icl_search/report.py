@@ -94,8 +94,14 @@ def _columns(trial, single: bool) -> dict[str, float | None]:
     return {"score": quality, **({"safety": asp["safety"]} if "safety" in asp else {})}
 
 
-def write_report(cfg, study: optuna.Study, out: Path) -> list[Path]:
+def write_report(cfg, study: optuna.Study, out: Path, review: Path | None = None) -> list[Path]:
     from icl_search.extras import require
+
+    review_part: list[str] = []
+    if review is not None:  # a blind review folder (`icl-search review`): read it first, so a
+        from icl_search.review import report_lines as review_lines  # bad one writes nothing
+
+        review_part = review_lines(review)
 
     matplotlib = require("matplotlib")  # the `plots` extra (matplotlib, plotly)
     require("plotly")
@@ -155,6 +161,7 @@ def write_report(cfg, study: optuna.Study, out: Path) -> list[Path]:
 
     lines = _head_lines(cfg, study, base, completed, plt, save_png)
     lines += _section_lines(cfg, study, importances)
+    lines += review_part
     lines += ["", "## Plots", ""] + [f"- [{p.name}]({p.name})" for p in written
                                      if p.suffix != ".js"]
     df = trials_frame(study)

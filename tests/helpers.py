@@ -4,7 +4,8 @@ judge for unit tests of the study loop (the tiny vLLM model covers every real en
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from icl_search.engines.base import Completion, SamplingParams
@@ -151,3 +152,28 @@ def confirm_config(tmp: Path, model: Path, name: str, **sections: str) -> Path:
         f'example_ids = ["factual-001", "advice-001"]\n'
         f'urial = "{SHARED_DATA / "urial" / "inst_1k.txt"}"'))
     return path
+
+
+@contextmanager
+def serve_in_thread(app) -> Iterator[str]:
+    """An ASGI app on uvicorn in a thread, on a free loopback port; yields its base URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the test server failed to start (see the log above)")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join()

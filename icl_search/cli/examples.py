@@ -36,6 +36,11 @@ EXAMPLES: dict[str, str] = {
     "propose restyle": "icl-search propose restyle studies/demo.toml --limit 20",
     "propose run": "icl-search propose run studies/demo.toml --rounds 2",
     "propose report": "icl-search propose report studies/demo.toml",
+    "review make": ("icl-search review make --answers bundle=a.jsonl --answers inst_1k=b.jsonl"
+                    " --compare bundle:inst_1k --out runs/review --readers 3 --overlap 15"),
+    "review serve": "icl-search review serve runs/review --port 8765",
+    "review rate": "icl-search review rate runs/review --judge dspy:openai/gpt-4o-mini",
+    "review score": "icl-search review score runs/review --out runs/review/score.md",
 }
 
 

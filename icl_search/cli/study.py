@@ -303,6 +303,8 @@ def report(
                              help="Folder for report.md, PNG and HTML."),
     storage: str | None = typer.Option(None, help="Storage URL (default: the config's "
                                           "optuna.storage)."),
+    review: Path | None = typer.Option(None, "--review", help="A blind review folder "
+                                          "(`icl-search review make`): add its score."),
 ) -> None:
     """Baseline vs best per aspect, optimisation history and parameter importances."""
     from icl_search.report import write_report
@@ -312,7 +314,11 @@ def report(
     study = load_study(cfg, storage)
     if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
         fail(f"study {cfg.name} has no finished trial yet: run `icl-search study run {config}`")
-    paths = write_report(cfg, study, out)
+    if review is not None:
+        from icl_search.review import ReviewFolder
+
+        ReviewFolder(review)  # not a review folder: one message before any work
+    paths = write_report(cfg, study, out, review=review)
     for p in paths:
         typer.echo(str(p))
     from icl_search.study.confirm import summarize
