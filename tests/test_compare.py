@@ -65,8 +65,7 @@ def test_two_tiny_models_give_a_two_row_table_with_transfer(studies, tmp_path):
     assert r.exit_code == 0, r.output
     md = (out / "compare.md").read_text()
     (panel,) = _panels(md)  # one judge, one confirm set: one table, two rows
-    body = [line for line in panel.splitlines() if line.startswith("| alpha")
-            or line.startswith("| beta")]
+    body = [line for line in panel.splitlines() if line.startswith(("| alpha", "| beta"))]
     assert len(body) == 2
     alpha, beta = body
     # every reference column and the other model's bundle have a score with an interval
