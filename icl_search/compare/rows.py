@@ -16,7 +16,7 @@ from icl_search.compare.sources import CompareError, Source
 #: The reference columns, in URIAL's Table 1 order (then the transfers).
 ZS, URIAL, BASE, BUNDLE = ZERO_SHOT, "inst_1k", "baseline", "bundle"
 COLUMNS = (ZS, URIAL, BASE, BUNDLE)
-NOT_CONFIRMED = "not confirmed: run `icl-search study confirm CONFIG`"
+NOT_CONFIRMED = "not confirmed"
 
 
 @dataclass
