@@ -170,3 +170,4 @@ def test_shipped_second_model_and_gpu_configs_validate_and_share_columns():
     for c in gpu.values():
         assert (c.judge, c.eval, c.decoding) == (first.judge, first.eval, first.decoding)
         assert c.search.baseline.urial and c.eval.has_confirm and c.model.gpu_memory_utilization
+        assert c.judge.audit == ["default"]  # another family than the LLM study judge
