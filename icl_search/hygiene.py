@@ -65,6 +65,35 @@ def _phrase_loop(text: str) -> int | None:
     return best
 
 
+def _loop_hold(text: str, *, partial: bool) -> int:
+    """Where a loop cut could still fall as `text` grows: the second occurrence of any
+    repeated line, or the end of the first period of a phrase repeating at the end. `partial`:
+    the last word may still grow (it is left out of the comparison)."""
+    hold = len(text)
+    seen: set[str] = set()
+    pos = 0
+    for line in text.splitlines(keepends=True):
+        key = line.strip()
+        if len(key) >= MIN_LINE and not key.startswith("```"):
+            if key in seen:
+                hold = min(hold, pos)
+                break
+            seen.add(key)
+        pos += len(line)
+    spans = [(m.start(), m.group()) for m in _WORD.finditer(text)]
+    if partial and spans:
+        spans = spans[:-1]
+    words = [w for _, w in spans]
+    n = len(words)
+    for p in range(1, min(MAX_PERIOD, n // 2) + 1):
+        s = n - p
+        while s > 0 and words[s - 1] == words[s - 1 + p]:
+            s -= 1
+        if s + p < n:
+            hold = min(hold, spans[s + p][0])
+    return hold
+
+
 @dataclass(frozen=True)
 class Cut:
     """What `Template.cut` did to one raw completion."""

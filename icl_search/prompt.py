@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol
 
-from icl_search.hygiene import NEAR_MARKERS, Cut, Hygiene, find_loop
+from icl_search.hygiene import MIN_LINE, NEAR_MARKERS, Cut, Hygiene, _loop_hold, find_loop
 
 
 class Shot(Protocol):
@@ -177,6 +177,33 @@ class Template:
             out = out[:loop].rstrip()
         return Cut(out.strip(), leaked=leaked, loop=loop is not None)
 
+    def settled(self, raw: str) -> str:
+        """The part of `clean(raw + more)` that no continuation `more` can change (streaming).
+
+        Held back: a tail that may grow into a stop string; an unfinished last line that may
+        still become a fence, a role heading or a repeat of an earlier line; everything from
+        a line's second occurrence (a third would make a loop cut back to it); a repeating
+        phrase at the end (it may go on repeating); trailing whitespace."""
+        f = self.fence
+        if (f + "\n").startswith(raw.lstrip()):
+            return ""  # it may still become the answer block's opening fence
+        text = self.cut(raw).text
+        if not text:
+            return ""
+        start = raw.find(text)
+        hold = len(raw) - _partial_suffix(raw, self.stop)
+        line_start = raw.rfind("\n") + 1
+        last = raw[line_start:].strip()
+        earlier = [ln.strip() for ln in raw[:line_start].splitlines()]
+        if not last or f.startswith(last) or last.startswith((f, "#")) or \
+                any(len(e) >= MIN_LINE and e.startswith(last) for e in earlier):
+            hold = min(hold, line_start)
+        hold = min(hold, start + _loop_hold(text, partial=not raw[-1:].isspace()))
+        out = text[: max(0, hold - start)].rstrip()
+        # a trailing (partial) fence may be the answer block's closing one
+        cut = next((n for n in range(min(len(f), len(out)), 0, -1) if out.endswith(f[:n])), 0)
+        return out[: len(out) - cut].rstrip()
+
     def clean(self, text: str) -> str:
         """The answer without what follows its end (`cut`)."""
         return self.cut(text).text
@@ -192,6 +219,17 @@ class Template:
         return c.text, Hygiene(leaked=int(c.leaked), unbalanced=odd, loop=int(c.loop),
                                max_tokens=int(finish_reason == "length"),
                                residual=int(residual))
+
+
+def _partial_suffix(text: str, markers: Sequence[str]) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of a marker."""
+    best = 0
+    for m in markers:
+        for n in range(min(len(m) - 1, len(text)), best, -1):
+            if text.endswith(m[:n]):
+                best = n
+                break
+    return best
 
 
 DEFAULT_TEMPLATE = Template()

@@ -18,6 +18,8 @@ def trials_frame(study: optuna.Study):
     """One row per trial: number, state, value, parameters, aspects (a polars DataFrame)."""
     import polars as pl
 
+    from icl_search.study import attrs
+
     rows = []
     for t in study.get_trials(deepcopy=False):
         spec = t.user_attrs.get("spec", {})
@@ -41,6 +43,11 @@ def trials_frame(study: optuna.Study):
         }
         for a, m in (t.user_attrs.get("aspects") or {}).items():
             row[a] = m
+        h = t.user_attrs.get(attrs.HYGIENE)
+        if h:  # answers with a hygiene defect, still failing after cleaning, at max_tokens
+            row["defects"] = h.get("defective")
+            row["hygiene_failed"] = h.get("failed")
+            row["at_max_tokens"] = h.get("max_tokens")
         fb = t.user_attrs.get("feedback") or {}
         for source, v in (fb.get("values") or {}).items():  # each feedback source on its own
             if source != "judge":

@@ -138,3 +138,20 @@ def test_an_answer_still_broken_after_cleaning_fails_hygiene():
     text, h = t.hygiene("Use:\n```python\nprint(1)", "length")  # a code block never closed
     assert text == "Use:\n```python\nprint(1)" and h.unbalanced == 1 and h.fails
     assert t.hygiene(None, "error") == (None, None)
+
+
+def test_settled_text_is_never_taken_back_by_the_final_cleaning():
+    # streaming (serve) sends `settled` as it grows: the shapes in random pieces
+    import random
+
+    pieces = ["```", "\n", " ", "# Question:", "# Qu", "## question", "**Note:** ", "abc",
+              "I am a doctor. ", "I am ", "Same line again here\n", "```python\n", "x y"]
+    t = Template()
+    rng = random.Random(1)
+    for _ in range(3000):
+        raw = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        final = t.clean(raw)
+        for i in range(len(raw) + 1):
+            assert final.startswith(t.settled(raw[:i])), (raw, i)
+    assert t.settled("Hello there") == "Hello there"
+    assert t.settled("Hello\nI am a doctor. I am a doctor.") == "Hello\nI am a doctor."

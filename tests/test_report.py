@@ -37,6 +37,9 @@ def test_the_report_names_the_exported_best_and_shows_one_score(tmp_path, tiny_m
     assert "| score |" in md and "| helpfulness |" not in md and "| overall |" in md
     assert "(one score per answer, and safety)" in md
     assert (tmp_path / "rep" / "aspects.png").stat().st_size > 0
+    # the trials table counts each trial's answer hygiene
+    head = (tmp_path / "rep" / "trials.csv").read_text().splitlines()[0].split(",")
+    assert {"defects", "hygiene_failed", "at_max_tokens"} <= set(head)
     # the judges side by side, the verdict, hygiene
     assert "`fake-judge` gain (95% CI, p)" in md and "`audit-judge` gain (95% CI, p)" in md
     assert "at equal length" in md and "Answer hygiene on the search split" in md

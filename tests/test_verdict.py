@@ -5,6 +5,7 @@ with an audit judge; the length-controlled gain."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -13,7 +14,7 @@ from icl_search.study import build_evaluator, load_config, open_study, run_study
 from icl_search.study.confirm import answer_files, confirm, summarize
 from icl_search.study.stats import length_controlled_gain, paired_gain
 from icl_search.study.verdict import JudgeView, Row, Summary, decide
-from tests.helpers import FakeEngine, FakeJudge, confirm_config
+from tests.helpers import FakeEngine, FakeJudge, confirm_config, write_config
 
 UP = [0.5, 1, 1.5, 0.5, 1, 2, 1, 0.5, 1, 1.5, 2, 1]  # a significant gain
 FLAT = [0.3, -0.2, 0.1, -0.4, 0.2, 0.0, -0.1, 0.3, -0.3, 0.1, -0.2, 0.2]  # none
@@ -121,3 +122,29 @@ def test_audit_judges_score_only_the_confirm_set_and_are_stored_beside(tmp_path,
     again = confirm(open_study(cfg), cfg, ev, audit=[audit])
     assert again.evaluated == 0 and (engine.prompts, judge.items, audit.items) == before
     assert again.to_dict() == summarize(open_study(cfg)).to_dict()
+
+
+def test_an_audit_judge_needing_references_is_checked_on_the_confirm_file_only(
+        tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from icl_search.cli import app
+
+    rows = [{"id": f"c{i}", "query": f"question {i}"} for i in range(12)]
+    confirm_file = tmp_path / "confirm.jsonl"
+    confirm_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    search_file = tmp_path / "search.jsonl"  # no references: the audit judge never reads it
+    search_file.write_text("".join(json.dumps({"id": f"s{i}", "query": f"ask {i}"}) + "\n"
+                                   for i in range(8)))
+    path = write_config(tmp_path, tiny_model_dir, name="refs", judge='audit = ["refsim"]')
+    text = path.read_text().replace("limit = 6", f'limit = 6\nconfirm = "{confirm_file}"')
+    path.write_text(re.sub(r'(?m)^path = ".*dev.jsonl"$', f'path = "{search_file}"', text))
+    r = CliRunner().invoke(app, ["study", "validate", str(path)])
+    assert r.exit_code == 2
+    assert f"{confirm_file}: 12 of 12 queries have no 'reference' answer" in r.output
+    assert "judge.audit[0]" in r.output
+    # with references in the confirm file, the search file without any is fine
+    confirm_file.write_text("".join(json.dumps({**r, "reference": "An answer."}) + "\n"
+                                    for r in rows))
+    r = CliRunner().invoke(app, ["study", "validate", str(path)])
+    assert r.exit_code == 0, r.output

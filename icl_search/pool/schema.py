@@ -8,6 +8,8 @@ and `category`, `tags`, `source`, `meta` (optional). An unknown field is kept in
 row lacks (`qeury` in a row with no `query`, `tag` in a row with no `tags`): that is a
 misspelling, and an error ("unknown field 'qeury', did you mean 'query'?") rather than an
 example silently missing its query or its tags. A file with no example is an error too.
+A row may carry `reference` (a strong answer to its query, read by reference-anchored judges);
+when present it must be non-empty text, and it is kept in `meta`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, NamedTuple
 import polars as pl
 
 from icl_search.errors import IclSearchError, first_line
+from icl_search.evalset import REFERENCE_FIELD, reference_problem
 from icl_search.io import json_type, read_jsonl_objects
 
 # Limits beyond which a row is almost certainly a parsing accident (a whole file in one cell,
@@ -350,6 +353,12 @@ def example_from_row(row: dict[str, Any], report: Callable[[str | None, str], No
         meta = dict(v)
     elif v is not None and v != "":
         report("meta", f"must be an object, got {json_type(v)}")
+        ok = False
+    # A table's empty cell is a row without a reference, not an empty one.
+    v = row.get(REFERENCE_FIELD)
+    if REFERENCE_FIELD in row and not (tabular and v in ("", None)) and \
+            (why := reference_problem(v)):
+        report(REFERENCE_FIELD, why.removeprefix(f"field '{REFERENCE_FIELD}' "))
         ok = False
     # Fields the schema does not know are kept, not dropped: they may be someone's labels.
     for k, val in row.items():

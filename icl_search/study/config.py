@@ -79,10 +79,12 @@ class JudgeSection(_Strict):
     @field_validator("audit")
     @classmethod
     def _audit_specs(cls, v: list[str]) -> list[str]:
+        from icl_search.judge import JudgeError, parse_judge_spec
+
         for i, spec in enumerate(v):
             try:
-                cls._judge_spec(spec)
-            except ValueError as exc:
+                parse_judge_spec(spec)
+            except JudgeError as exc:
                 raise ValueError(f"audit[{i}]: {exc}") from None
         if len(set(v)) != len(v):
             raise ValueError(f"audit names a judge twice: {v}")

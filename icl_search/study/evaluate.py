@@ -298,9 +298,13 @@ class Evaluator:
         """`judge`'s verdicts on the records' answers; with `hygiene_floor`, an answer that
         still fails hygiene gets the judge's floor on every aspect (and is not asked)."""
         floor = judge_floor(judge)
+        refs = {q.id: q.reference for q in self.queries}  # read by reference-anchored judges
+        # a row a reference judge cannot score (no reference) stays missing, floored or not
+        needs_ref = getattr(getattr(judge, "backend", None), "uses_reference", False)
         fails = [self.hygiene_floor and r.hygiene is not None and r.hygiene.fails
-                 for r in records]
-        items = [JudgeItem(f"{i}", r.query, None if bad else r.answer, r.category)
+                 and not (needs_ref and refs.get(r.query_id) is None) for r in records]
+        items = [JudgeItem(f"{i}", r.query, None if bad else r.answer, r.category,
+                           refs.get(r.query_id))
                  for i, (r, bad) in enumerate(zip(records, fails))]
         result = judge.score(items)
         for j, bad in zip(result.items, fails):

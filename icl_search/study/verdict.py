@@ -179,15 +179,15 @@ class Summary:
     @property
     def best(self) -> Row | None:
         """The one best: the confirmed trial with the highest confirm score, else the baseline
-        (what `export` takes and every report names)."""
+        (what `export` takes and every report names; None before the baseline is scored)."""
         confirmed = [r for r in self.rows if r.confirmed]
         top = max(confirmed, key=lambda r: r.confirm, default=None)
-        return top or self.baseline or self.top
+        return top or self.baseline
 
     @property
     def beat_baseline(self) -> bool:
         b = self.best
-        return b is not None and b.role == "trial"
+        return b is not None and b.confirmed
 
     def _gains_text(self, row: Row) -> str:
         parts = []
