@@ -244,6 +244,18 @@ def answer_sets(engine, queries, bundle) -> tuple[dict[str, list], dict[str, flo
     return out, seconds
 
 
+def write_review(out: Path, queries, answers: dict[str, list], seed: int) -> dict:
+    """A blind review folder of the test answers: bundle vs urial_inst_1k, per query."""
+    from icl_search.review import make_review
+
+    rows = {name: [{"id": q.id, "query": q.query, "answer": a.answer, "category": q.category}
+                   for q, a in zip(queries, ans, strict=True)]
+            for name, ans in answers.items() if name in ("bundle", "urial_inst_1k")}
+    made = make_review(rows, ["bundle:urial_inst_1k"], out, seed=seed)
+    print("\n".join(f"  {line}" for line in made.lines()), flush=True)
+    return {"folder": str(out), "pairs": made.pairs, "comparisons": made.comparisons}
+
+
 def answer_stats(answers: list) -> dict:
     """Mean answer length in words (a length-paying judge favours long answers) and the share
     of answers the max_tokens limit stopped."""
@@ -378,6 +390,8 @@ def main() -> int:
     ap.add_argument("--bundle", type=Path, help="an exported bundle: skip the study")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "alignment")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--review", type=Path, help="also write a blind review folder of the test "
+                    "answers, bundle vs urial_inst_1k (`icl-search review serve DIR`)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
 
@@ -394,6 +408,10 @@ def main() -> int:
     from icl_search.study.confirm import mean_interval, paired_gain  # noqa: F401
     from icl_search.study.export import export_bundle
 
+    if args.review is not None:
+        from icl_search.review import check_target
+
+        check_target(args.review)  # before hours of work: a review with verdicts stays
     t_start = time.time()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -468,6 +486,8 @@ def main() -> int:
     t0 = time.time()
     answers, gen_seconds = answer_sets(engine, queries, b)
     result["test_generation_seconds"] = round(time.time() - t0, 1)
+    if args.review is not None:
+        result["review"] = write_review(args.review, queries, answers, args.seed)
     print("[4/4] judge", flush=True)
     raw = engine.engine if hasattr(engine, "engine") else engine
     judges = {"study_judge": judge}

@@ -167,8 +167,7 @@ def write_report(cfg, study: optuna.Study, out: Path, review: Path | None = None
                   "pareto.html")
 
     lines = _head_lines(cfg, study, base, completed, plt, save_png)
-    lines += _section_lines(cfg, study, importances)
-    lines += review_part
+    lines += _section_lines(cfg, study, importances) + review_part
     lines += ["", "## Plots", ""] + [f"- [{p.name}]({p.name})" for p in written
                                      if p.suffix != ".js"]
     df = trials_frame(study)

@@ -225,7 +225,12 @@ def test_report_lines_for_study_report(review):
 def test_page_routes_never_serve_the_folder(review):
     from icl_search.review.web import create_app
 
+    # an LLM rater's verdicts beside: its file name is no person's, and it holds no sheet
+    append_verdicts(review, "llm:dspy:openai/some-long-model-name@http://127.0.0.1:9/v1",
+                    [{"pair": "p01", "verdict": "X", "sheet": None}])
     with serve_in_thread(create_app(review)) as url, httpx.Client(base_url=url) as c:
+        assert c.get("/api/sheets").json() == {"sheets": [{"sheet": 1, "pairs": 11,
+                                                           "raters": []}]}
         home = c.get("/")
         assert home.status_code == 200 and "Blind review" in home.text
         assert "script-src 'self'" in home.headers["content-security-policy"]
@@ -363,3 +368,31 @@ def test_study_report_shows_a_review(tmp_path, tiny_model_dir, review):
                                  "--review", str(tmp_path)])
     assert r.exit_code == 2 and "not a review folder" in r.output
     assert not (tmp_path / "r2").exists()
+
+
+def test_study_confirm_review_pairs_the_top_trial_with_each_baseline(tmp_path, tiny_model_dir,
+                                                                     tiny_engine):
+    from icl_search.study import build_evaluator, load_config, run_study
+    from tests.helpers import confirm_config
+
+    path = confirm_config(tmp_path, tiny_model_dir, "conf")
+    cfg = load_config(path)
+    run_study(cfg, build_evaluator(cfg, engine=tiny_engine, say=lambda m: None))
+    out = tmp_path / "review"
+    r = CliRunner().invoke(app, ["study", "confirm", str(path), "--review", str(out)])
+    assert r.exit_code == 0, r.output
+    assert f"next: icl-search review serve {out}" in r.output
+    key = ReviewFolder(out).key()
+    comps = key["comparisons"]
+    (top,) = {c["left"] for c in comps}
+    assert top.startswith("trial ")
+    assert {c["right"] for c in comps} == {"baseline", "urial:inst_1k.txt"}
+    for c in comps:  # every confirm query is a pair, a skipped identical pair or missing
+        assert c["pairs"] + c["identical"] + c["missing"] == 10
+    assert sum(c["pairs"] for c in comps) == len(ReviewFolder(out).pairs)
+    # a review with verdicts is not replaced, and that is said before any model work
+    if ReviewFolder(out).pairs:
+        append_verdicts(out, "ana", [{"pair": next(iter(ReviewFolder(out).pairs)),
+                                      "verdict": "X", "sheet": 1}])
+        r = CliRunner().invoke(app, ["study", "confirm", str(path), "--review", str(out)])
+        assert r.exit_code == 2 and "refusing to overwrite" in r.output

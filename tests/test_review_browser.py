@@ -73,6 +73,7 @@ def open_page(ctx, url: str, name: str):
     page.fill("#rater", name)
     page.click("#go")
     page.wait_for_selector("#rating:not([hidden])")
+    assert not page.is_visible("#start")  # the name form is gone: one pair, nothing else
     return page
 
 

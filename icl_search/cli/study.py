@@ -142,6 +142,9 @@ def confirm_cmd(
     storage: str | None = typer.Option(None, help="Optuna storage URL (overrides the config)."),
     top: int | None = typer.Option(None, min=1, help="Trials to confirm, by search score "
                                       "(default: eval.confirm_top)."),
+    review: Path | None = typer.Option(None, "--review", help="Also write a blind review "
+                                          "folder: the confirm answers of the top trial against "
+                                          "each baseline's (`icl-search review serve DIR`)."),
 ) -> None:
     """Evaluate the top trials and the baseline(s) on the confirm set (queries the search never
     saw): confirm score, gain over each baseline with a 95% bootstrap interval and a Wilcoxon
@@ -162,6 +165,10 @@ def confirm_cmd(
     if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
         fail(f"study {cfg.name} has no finished trial yet: run `icl-search study run {config}`")
     say = lambda m: err.print(m, highlight=False)
+    if review is not None:
+        from icl_search.review import check_target
+
+        check_target(review)  # before the model work: a review with verdicts is not replaced
     try:
         ev = build_evaluator(cfg, say=say)
         s = confirm(study, cfg, ev, top=top, say=say)
@@ -175,6 +182,23 @@ def confirm_cmd(
         say(f"confirm answers (id, query, answer JSONL per context): "
             f"{next(iter(files.values())).parent}")
     typer.echo("\n".join(table_lines(s) + ["", *verdict_lines(s)]))
+    if review is not None:
+        _confirm_review(s, files, review)
+
+
+def _confirm_review(s, files: dict[str, Path], out: Path) -> None:
+    """The blind review of `study confirm --review`: the top trial's confirm answers against
+    each baseline's, pairs within a query."""
+    from icl_search.review import load_answers, make_review
+
+    top = s.top
+    bases = [r.label for r in s.rows if r.role != "trial" and r.label in files]
+    if top is None or top.label not in files or not bases:
+        fail("--review: no confirm answers of a trial and a baseline to compare")
+    names = [top.label, *bases]
+    made = make_review({n: load_answers(files[n]) for n in names},
+                       [(top.label, b) for b in bases], out)
+    typer.echo("\n".join(["", *made.lines(), f"next: icl-search review serve {out}"]))
 
 
 @study_app.command("validate")

@@ -14,6 +14,7 @@ The folder's layout in `folder`, pairing and sheets in `make`, the verdict files
 from icl_search.review.folder import ReviewError, ReviewFolder, check_rater, verdicts_path
 from icl_search.review.make import (
     ReviewSummary,
+    check_target,
     load_answers,
     make_review,
     make_review_from_files,
@@ -30,6 +31,7 @@ __all__ = [
     "Verdict",
     "append_verdicts",
     "check_rater",
+    "check_target",
     "load_answers",
     "make_review",
     "make_review_from_files",

@@ -91,6 +91,14 @@ def parse_compare(spec: str, names: Sequence[str]) -> tuple[str, str]:
     return left, right
 
 
+def _names(pair: Sequence[str], names: Sequence[str]) -> tuple[str, str]:
+    """A comparison given as (A, B), for names that may hold ':' (a study's "urial:inst_1k")."""
+    if len(pair) != 2 or pair[0] == pair[1] or any(n not in names for n in pair):
+        raise ReviewError(f"comparison {tuple(pair)!r}: expected two different answer names "
+                          f"among {', '.join(names)}")
+    return pair[0], pair[1]
+
+
 @dataclass
 class ReviewSummary:
     """What `make_review` wrote: counts per comparison and per sheet."""
@@ -149,7 +157,10 @@ def deal_sheets(pair_ids: Sequence[str], readers: int, overlap: int,
     return sheets
 
 
-def _check_target(out: Path, force: bool) -> None:
+def check_target(out: str | Path, force: bool = False) -> None:
+    """Raise `ReviewError` unless `out` may receive a new review folder (call it before long
+    work that ends in `make_review`)."""
+    out = Path(out)
     if not out.exists():
         return
     if not out.is_dir():
@@ -179,11 +190,12 @@ def make_review(answers: Mapping[str, Sequence[Mapping[str, Any]]],
         raise ReviewError(f"--overlap {overlap}: shared pairs need --readers 2 or more "
                           "(and overlap >= 0)")
     names = list(answers)
-    pairs_asked = [parse_compare(c, names) if isinstance(c, str) else tuple(c) for c in compares]
+    pairs_asked = [parse_compare(c, names) if isinstance(c, str) else _names(c, names)
+                   for c in compares]
     if not pairs_asked:
         raise ReviewError("no --compare given: name at least one A:B")
     checked = {n: _check_rows(n, rows, categories or {}) for n, rows in answers.items()}
-    _check_target(out, force)
+    check_target(out, force)
     rng = random.Random(seed)
     made, stats = [], []
     for left, right in pairs_asked:

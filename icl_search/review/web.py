@@ -66,9 +66,10 @@ class RatingDesk:
         out: dict[int, list[str]] = {n: [] for n in self.folder.sheets}
         raters = {p.name[len("verdicts-"):-len(".jsonl")] for p in self.folder.verdict_files()}
         for r in sorted(raters | set(self.claims)):
-            if r.startswith("llm_"):
+            try:
+                s = self.sheet_of(r)  # None for an LLM rater: it rates every pair, on no sheet
+            except ReviewError:  # an LLM rater's file: its name is no person's
                 continue
-            s = self.sheet_of(r)
             if s in out:
                 out[s].append(r)
         return out
