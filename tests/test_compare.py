@@ -44,7 +44,7 @@ def studies(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("compare")
     a = build_tiny_model(root / "models" / "tiny-a", seed=1)
-    b = build_tiny_model(root / "models" / "tiny-b", seed=2)
+    b = build_tiny_model(root / "models" / "tiny-b", seed=2, score_prior=0.3)
     return {
         "a": _study(root, a, "alpha"),
         "b": _study(root, b, "beta", judge_model=a),
