@@ -396,3 +396,13 @@ def test_study_confirm_review_pairs_the_top_trial_with_each_baseline(tmp_path, t
                                       "verdict": "X", "sheet": 1}])
         r = CliRunner().invoke(app, ["study", "confirm", str(path), "--review", str(out)])
         assert r.exit_code == 2 and "refusing to overwrite" in r.output
+
+
+def test_a_context_in_two_comparisons_is_pointed_out(tmp_path):
+    rows = {n: [{"id": f"q{i}", "query": f"Q{i}?", "answer": f"{n} {i}"} for i in range(3)]
+            for n in ("A", "B", "C")}
+    s = make_review(rows, ["A:B", "A:C"], tmp_path / "r")
+    assert s.pairs == 6 and {c["name"] for c in s.comparisons} == {"A:B", "A:C"}
+    assert any(line.startswith("note: A is in more than one comparison") for line in s.lines())
+    one = make_review(rows, ["A:B"], tmp_path / "r1")
+    assert not any(line.startswith("note:") for line in one.lines())

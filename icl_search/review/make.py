@@ -114,6 +114,12 @@ class ReviewSummary:
         for c in self.comparisons:
             out.append(f"  {c['name']}: {c['pairs']} pairs, {c['identical']} identical "
                        f"answers skipped, {c['missing']} queries without two answers")
+        sides = [n for c in self.comparisons for n in (c["left"], c["right"])]
+        shared = sorted({n for n in sides if sides.count(n) > 1})
+        if shared:
+            out.append(f"note: {', '.join(shared)} is in more than one comparison: a reader who "
+                       "gets two pairs of one query can tell its answer (the one in both); "
+                       "give such comparisons to different readers, or review them apart")
         return out
 
 

@@ -41,7 +41,6 @@ from icl_search.errors import IclSearchError
 from icl_search.hygiene import Hygiene, HygieneCounts
 from icl_search.study import attrs
 from icl_search.study.config import StudyConfig
-from icl_search.study.confirm_md import report_lines, table_lines  # noqa: F401  (re-exported)
 from icl_search.study.space import TrialSpec, baseline_params
 from icl_search.study.stats import (  # noqa: F401  (re-exported: the earlier home of these)
     ALPHA,
