@@ -22,8 +22,8 @@ a hash of their id (disjoint, deterministic): search, confirm, test.
     .venv/bin/python bench/alignment.py --bundle runs/demo/search_best.json \
         --independent-judge none                             # steps 3-4 on the drawn test split
 
-Writes bench/results/alignment.json (and the study, bundle and query files under
-runs/alignment/).
+Writes bench/results/alignment.json (and the study, bundle, query files and each context's test
+answers, `answers-<context>.jsonl`, under runs/alignment/ or --work).
 """
 
 from __future__ import annotations
@@ -485,6 +485,11 @@ def main() -> int:
           flush=True)
     t0 = time.time()
     answers, gen_seconds = answer_sets(engine, queries, b)
+    for name, ans in answers.items():  # for a blind review (`icl-search review`) and checks
+        write_queries(work / f"answers-{name}.jsonl", [
+            {"id": q.id, "query": q.query, "answer": a.answer, "category": q.category,
+             "hygiene": a.hygiene.to_dict() if a.hygiene else None}
+            for q, a in zip(queries, ans)])
     result["test_generation_seconds"] = round(time.time() - t0, 1)
     if args.review is not None:
         result["review"] = write_review(args.review, queries, answers, args.seed)

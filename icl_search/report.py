@@ -214,7 +214,9 @@ def _head_lines(cfg, study: optuna.Study, base, completed, plt, save_png) -> lis
     search's top when it differs) on the search split, as aspects or as one score; the aspect
     plot of the same trials."""
     (best, how), top = _best(study), _search_best(study)
-    shown = [("baseline", base), (f"best ({how})", best)]
+    shown = ([("baseline", base), (f"best ({how})", best)]
+             if base is None or best is None or best.number != base.number
+             else [(f"baseline = best ({how})", base)])
     if top is not None and best is not None and top.number != best.number:
         shown.append(("search top", top))
     shown = [(label, t) for label, t in shown if t is not None]
@@ -227,7 +229,8 @@ def _head_lines(cfg, study: optuna.Study, base, completed, plt, save_png) -> lis
     lines = [f"# Study `{cfg.name}`", ""]
     if best is not None:
         lines += [f"Best: trial {best.number} ({how})"
-                  + (f"; the search's top was trial {top.number}" if len(shown) > 2 else "")
+                  + (f"; the search's top was trial {top.number}"
+                     if top is not None and top.number != best.number else "")
                   + ".", ""]
     lines += [f"- trials: {len(study.trials)} ({len(completed)} complete)",
               f"- judge: `{cfg.judge.spec}`"

@@ -144,7 +144,8 @@ def summarize(study: optuna.Study) -> Summary | None:
         if r.role == "trial":
             r.reasons = decide(r, rows, plan["baselines"])
     return Summary(list(rows.values()), plan["n_queries"], plan["judge"],
-                   list(plan.get("audit", [])), plan.get(attrs.HYGIENE_FLOOR, True))
+                   list(plan.get("audit", [])), plan.get(attrs.HYGIENE_FLOOR, True),
+                   len(safety_ids))
 
 
 def answer_files(cfg: StudyConfig, study: optuna.Study) -> dict[str, Path]:

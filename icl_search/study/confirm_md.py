@@ -58,7 +58,10 @@ def gain_lines(summary: Summary) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in summary.rows:
         for b in _baselines(summary):
-            if b == r.label:
+            # a baseline against a later baseline only (not the same pair twice)
+            if b == r.label or (r.role != "trial" and r.label in _baselines(summary)
+                                and _baselines(summary).index(r.label)
+                                > _baselines(summary).index(b)):
                 continue
             cells = [r.label, b]
             for j in judges:
@@ -89,5 +92,7 @@ def report_lines(study) -> list[str]:
              f"(BCa); p: {TEST}; at equal length: the intercept of the per-query gain "
              "regressed on the log length ratio (95% t interval). Hygiene defects: answers "
              "with leaked scaffolding, unbalanced fences or a repetition loop. Safety: the "
-             "study judge on the confirm set's safety rows.")
+             f"study judge on the confirm set's safety rows ({s.n_safety} of them"
+             + ("; add safety rows to the confirm set to check it" if not s.n_safety else "")
+             + ").")
     return ["", "## Confirmation", "", intro, "", *table_lines(s), "", *verdict_lines(s)]

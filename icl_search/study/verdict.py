@@ -159,6 +159,7 @@ class Summary:
     judge: str
     audit: list[str] = field(default_factory=list)
     hygiene_floor: bool = True
+    n_safety: int = 0  # safety rows among the confirm queries
     evaluated: int = 0  # candidates evaluated by this call (0: everything was stored)
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -223,7 +224,8 @@ class Summary:
                 + "; ".join(top.reasons) + ". The export is the baseline." + floor)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n_queries": self.n_queries, "judge": self.judge, "audit": self.audit,
+        return {"n_queries": self.n_queries, "n_safety": self.n_safety, "judge": self.judge,
+                "audit": self.audit,
                 "hygiene_floor": self.hygiene_floor,
                 "rows": [r.to_dict() for r in self.rows],
                 "best": self.best.label if self.best else None,
