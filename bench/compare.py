@@ -3,8 +3,12 @@
 confirmed as its config says, then `icl-search compare --transfer` (each model's confirm set
 answered with the other model's bundle too). Every step is a real command, timed.
 
-    python bench/compare.py                      # both studies from scratch, then compare
-    python bench/compare.py --fresh              # drop this benchmark's storage first
+    python bench/compare.py --fresh --cold       # what the docs quote: nothing reused
+
+`--fresh` drops this benchmark's storage first; `--cold` also runs with empty generation,
+judge and embedding caches (a home of its own under runs/bench-compare/home that links only
+the prepared models, judges and embedder exports of the user's home), so no answer or verdict
+of an earlier `make demo` is reused and the minutes are what a new user pays.
 
 The studies live in their own storage (runs/bench-compare/studies.db), so a `make demo` study
 is neither reused nor touched. Writes bench/results/compare/ (compare.md, compare.csv,
@@ -38,14 +42,33 @@ def step(name: str, args: list[str], log: list[dict]) -> None:
     print(f"   {minutes:.1f} min", flush=True)
 
 
+def cold_home(home) -> None:
+    """A fresh ICL_SEARCH_HOME whose models/, judges/ and onnx/ are the user's (prepared once,
+    not what is measured) and whose caches are empty."""
+    import shutil
+
+    from icl_search.paths import home as user_home
+
+    real = user_home()
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    for sub in ("models", "judges", "onnx"):
+        (real / sub).mkdir(parents=True, exist_ok=True)
+        (home / sub).symlink_to(real / sub)
+    os.environ["ICL_SEARCH_HOME"] = str(home)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--configs", nargs="+", default=CONFIGS)
     ap.add_argument("--out", default=str(RESULTS / "compare"))
     ap.add_argument("--fresh", action="store_true", help="delete this benchmark's storage")
+    ap.add_argument("--cold", action="store_true", help="empty caches (see above)")
     a = ap.parse_args()
     folder = ROOT / "runs" / "bench-compare"
     folder.mkdir(parents=True, exist_ok=True)
+    if a.cold:
+        cold_home(folder / "home")
     db = folder / "studies.db"
     if a.fresh and db.exists():
         db.unlink()
@@ -59,7 +82,8 @@ def main() -> None:
     step("compare --transfer", ["compare", *a.configs, "--storage", url, "-o", a.out,
                                 "--transfer"], log)
     total = sum(s["minutes"] for s in log)
-    out = {"configs": a.configs, "storage": str(db.relative_to(ROOT)), "steps": log,
+    out = {"configs": a.configs, "storage": str(db.relative_to(ROOT)), "cold": a.cold,
+           "steps": log,
            "minutes_total": round(total, 2), "table": os.path.relpath(a.out, ROOT),
            "machine": machine(load_end=load_avg())}
     (RESULTS / "compare.json").write_text(json.dumps(out, indent=2) + "\n")

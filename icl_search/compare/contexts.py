@@ -30,6 +30,7 @@ class Extra:
     system: str
     pool_path: str | None = None  # the donor's pool (None: no examples)
     missing: str | None = None  # why it cannot be answered on this study
+    donor: str | None = None  # which of the donor's candidates it is ("trial 3", "baseline")
 
 
 def zero_shot() -> Extra:
@@ -70,7 +71,8 @@ def transfer_from(donor: Source) -> Extra:
     pool = info.get("pool_path") if spec.k else None
     blob = json.dumps([spec.to_dict(), system, pool], sort_keys=True, default=str)
     key = f"{TRANSFER}-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
-    return Extra(Candidate(label, TRANSFER, key, None, spec, None), system, pool)
+    return Extra(Candidate(label, TRANSFER, key, None, spec, None), system, pool,
+                 donor=best.label)
 
 
 def evaluate_extras(src: Source, extras: list[Extra], *,

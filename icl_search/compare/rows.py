@@ -31,6 +31,8 @@ class StudyRow:
     urial_file: str | None = None
     review: dict[str, Any] | None = None
     review_missing: str | None = "no review folder given (--review NAME=DIR)"
+    #: transfer column -> the donor's candidate it answers with ("trial 3", "baseline")
+    transfers: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -90,6 +92,8 @@ def study_row(src: Source, extras: list[Extra], missing: dict[str, str]) -> Stud
     stored = outside_rows(src.study, [e.candidate for e in extras if not e.missing])
     for e in extras:
         label = e.candidate.label
+        if e.donor is not None:
+            row.transfers[label] = e.donor
         if label in stored:
             row.cells[label] = stored[label]
         else:

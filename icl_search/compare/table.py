@@ -107,6 +107,11 @@ def markdown(rows: list[StudyRow]) -> list[str]:
                      f"{r.bundle_label}" + (f"; URIAL file {r.urial_file}"
                                             if r.urial_file and r.urial_file != "inst_1k.txt"
                                             else ""))
+    donors = sorted({f"`{c}` = {c.split(':', 1)[1]}'s {d}" for r in rows
+                     for c, d in r.transfers.items()})
+    if donors:
+        lines += ["", "Transfers answer with: " + "; ".join(donors) + " (a kept baseline "
+                  "is the same context in every study sharing the baseline config)."]
     for p in panels(rows):
         lines += ["", f"## {p.title}", ""]
         head = ["study", "model", "size", "kind", *COLUMNS, *tcols]
