@@ -13,8 +13,8 @@ from icl_search.io import atomic_write
 
 
 def _series(rows: list[StudyRow]) -> list[tuple[str, list[str], list[float], list[float],
-                                                 list[float]]]:
-    """(title, contexts, means, minus, plus) per (study, judge) with at least one score."""
+                                                 list[float], str]]:
+    """(title, contexts, means, minus, plus, judge) per (study, judge) with a score."""
     cols = [*COLUMNS, *transfer_columns(rows)]
     out = []
     for r in rows:
@@ -32,7 +32,7 @@ def _series(rows: list[StudyRow]) -> list[tuple[str, list[str], list[float], lis
             if names:
                 kind = "study judge" if i == 0 else "audit judge"
                 out.append((f"{r.name}: {r.source.model.label}<br>{kind} {judge}", names,
-                            means, lo, hi))
+                            means, lo, hi, judge))
     return out
 
 
@@ -53,12 +53,22 @@ def write_plots(rows: list[StudyRow], out: Path) -> list[Path]:
     from plotly.subplots import make_subplots
 
     n = len(series)
-    fig, axes = plt.subplots(n, 1, figsize=(7.5, 2.6 * n), squeeze=False)
-    for ax, (title, names, means, lo, hi) in zip(axes[:, 0], series):
+    # one judge, one scale: panels of the same judge share their x range across models
+    span: dict[str, tuple[float, float]] = {}
+    for _, _, means, lo, hi, judge in series:
+        a = min(m - d for m, d in zip(means, lo))
+        b = max(m + d for m, d in zip(means, hi))
+        old = span.get(judge, (a, b))
+        span[judge] = (min(a, old[0]), max(b, old[1]))
+    fig, axes = plt.subplots(n, 1, figsize=(7.5, 2.8 * n), squeeze=False)
+    for ax, (title, names, means, lo, hi, judge) in zip(axes[:, 0], series):
         ax.errorbar(means, range(len(names)), xerr=[lo, hi], fmt="o", capsize=4)
         ax.set_yticks(range(len(names)), names)
         ax.invert_yaxis()
-        ax.set_title(title.replace("<br>", " - "), fontsize=9)
+        ax.set_title(title.replace("<br>", "\n"), fontsize=8)
+        a, b = span[judge]
+        pad = (b - a) * 0.05 or 0.05
+        ax.set_xlim(a - pad, b + pad)
         ax.set_xlabel("confirm score, 95% interval")
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -69,11 +79,13 @@ def write_plots(rows: list[StudyRow], out: Path) -> list[Path]:
     tmp.replace(png)
 
     pfig = make_subplots(rows=n, cols=1, subplot_titles=[s[0] for s in series])
-    for k, (_, names, means, lo, hi) in enumerate(series, start=1):
+    for k, (_, names, means, lo, hi, judge) in enumerate(series, start=1):
         pfig.add_trace(go.Scatter(x=means, y=names, mode="markers", showlegend=False,
                                   error_x={"type": "data", "symmetric": False, "array": hi,
                                            "arrayminus": lo}), row=k, col=1)
         pfig.update_yaxes(autorange="reversed", row=k, col=1)
+        a, b = span[judge]
+        pfig.update_xaxes(range=[a - (b - a) * 0.05, b + (b - a) * 0.05], row=k, col=1)
     pfig.update_layout(height=260 * n + 60, title="confirm score per context, 95% interval")
     js = out / "plotly.min.js"
     with atomic_write(js) as fh:
