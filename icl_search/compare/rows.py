@@ -13,9 +13,10 @@ from typing import Any
 from icl_search.compare.contexts import TRANSFER, ZERO_SHOT, Extra, zero_shot
 from icl_search.compare.sources import CompareError, Source
 
-#: The reference columns, in URIAL's Table 1 order (then the transfers).
-ZS, URIAL, BASE, BUNDLE = ZERO_SHOT, "inst_1k", "baseline", "bundle"
-COLUMNS = (ZS, URIAL, BASE, BUNDLE)
+#: The reference columns, in URIAL's Table 1 order, then the search's top trial on the confirm
+#: set (the bundle when it is confirmed), then the transfers.
+ZS, URIAL, BASE, BUNDLE, TOP = ZERO_SHOT, "inst_1k", "baseline", "bundle", "search top"
+COLUMNS = (ZS, URIAL, BASE, BUNDLE, TOP)
 NOT_CONFIRMED = "not confirmed"
 
 
@@ -28,6 +29,7 @@ class StudyRow:
     cells: dict[str, Any] = field(default_factory=dict)  # column -> verdict.Row
     missing: dict[str, str] = field(default_factory=dict)  # column -> why it is empty
     bundle_label: str = "-"
+    top_label: str = "-"
     urial_file: str | None = None
     review: dict[str, Any] | None = None
     review_missing: str | None = "no review folder given (--review NAME=DIR)"
@@ -89,6 +91,12 @@ def study_row(src: Source, extras: list[Extra], missing: dict[str, str]) -> Stud
         row.cells[BUNDLE] = best
         row.bundle_label = (f"{best.label} (confirmed)" if best.role == "trial" else
                             f"{best.label} (kept: no trial is confirmed)")
+    top = summary.top
+    if top is None:
+        row.missing[TOP] = "no trial has a confirm score"
+    else:
+        row.cells[TOP] = top
+        row.top_label = top.label + (" (confirmed)" if top.confirmed else " (not confirmed)")
     stored = outside_rows(src.study, [e.candidate for e in extras if not e.missing])
     for e in extras:
         label = e.candidate.label

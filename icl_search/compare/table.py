@@ -97,14 +97,17 @@ def markdown(rows: list[StudyRow]) -> list[str]:
     lines = ["# Studies side by side", "",
              "One row per study (its base model). Each cell: the mean confirm score on queries "
              "no search saw, [95% bootstrap interval]. `bundle` is what `export` takes: the "
-             "confirmed trial, else the baseline kept. `transfer:X`: study X's bundle answered "
+             "confirmed trial, else the baseline kept; `search top`: the trial with the best "
+             "confirm score under the study judge, confirmed or not (the study's report says "
+             "why not). `transfer:X`: study X's bundle answered "
              "by this row's model and scored by this row's judges (a measurement, not a "
              "claim). A model of kind `instruct` is already aligned: its row asks whether a "
              "context still helps.", ""]
     for r in rows:
         judges = ", ".join(f"`{j}`" for j in r.judges) or "none (not confirmed)"
         lines.append(f"- `{r.name}`: {r.source.model.label}; judges {judges}; bundle = "
-                     f"{r.bundle_label}" + (f"; URIAL file {r.urial_file}"
+                     f"{r.bundle_label}; search top = {r.top_label}"
+                     + (f"; URIAL file {r.urial_file}"
                                             if r.urial_file and r.urial_file != "inst_1k.txt"
                                             else ""))
     donors = sorted({f"`{c}` = {c.split(':', 1)[1]}'s {d}" for r in rows
