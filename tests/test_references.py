@@ -176,3 +176,177 @@ def test_the_project_eval_sets_carry_a_reference_on_every_row(name):
     from icl_search.judge import require_references
 
     require_references("refsim", queries, path)  # a refsim study runs on them
+
+
+# -- `icl-search references build` ----------------------------------------------------------
+class ChatServer:
+    """An OpenAI-compatible chat endpoint on loopback: the reference to a query is
+    "Reference: <query>", except for queries holding FAIL while `failing` is set (HTTP 500).
+    Counts the chat requests it answered."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        owner = self
+        self.requests, self.failing, self.system = 0, True, None
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, code, body):
+                blob = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(blob)))
+                self.end_headers()
+                self.wfile.write(blob)
+
+            def do_GET(self):
+                self._send(200, {"object": "list", "data": [{"id": "ref-model",
+                                                             "object": "model"}]})
+
+            def do_POST(self):
+                req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                msgs = req["messages"]
+                owner.system = next((m["content"] for m in msgs if m["role"] == "system"),
+                                    None)
+                query = msgs[-1]["content"]
+                if "FAIL" in query and owner.failing:
+                    self._send(500, {"error": {"message": "scripted failure"}})
+                    return
+                owner.requests += 1
+                self._send(200, {"id": "x", "object": "chat.completion", "created": 0,
+                                 "model": req["model"], "choices": [{
+                                     "index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant",
+                                                 "content": f"  Reference: {query}\n"}}],
+                                 "usage": {"prompt_tokens": 1, "completion_tokens": 1,
+                                           "total_tokens": 2}})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def chat_server():
+    server = ChatServer()
+    yield server
+    server.close()
+
+
+def _error(res) -> str:
+    """The error line of a failed command (stderr also carries the progress bar)."""
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    text = " ".join(res.stderr.split())
+    return text[text.index("error: "):]
+
+
+def _queries(tmp_path: Path, *extra) -> Path:
+    return _jsonl(tmp_path / "q.jsonl", [
+        {"id": "a", "query": "What is 2 + 2?", "category": "math", "expect": "kept"},
+        {"id": "b", "query": "Name a prime.", "reference": "7 is a prime number."},
+        {"id": "c", "query": "Why is the sky blue?"}, *extra])
+
+
+def test_references_build_writes_the_missing_references_and_keeps_the_rest(chat_server,
+                                                                          tmp_path):
+    src, out = _queries(tmp_path), tmp_path / "out.jsonl"
+    args = ["references", "build", str(src), "--engine", f"openai:{chat_server.url}",
+            "-o", str(out), "--cache", str(tmp_path / "c.sqlite3")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert rows == [
+        {"id": "a", "query": "What is 2 + 2?", "category": "math", "expect": "kept",
+         "reference": "Reference: What is 2 + 2?"},
+        {"id": "b", "query": "Name a prime.", "reference": "7 is a prime number."},
+        {"id": "c", "query": "Why is the sky blue?", "reference": "Reference: Why is the sky blue?"}]
+    assert [q.reference for q in load_queries(out)][1] == "7 is a prime number."
+    assert chat_server.requests == 2 and "reference answers" in chat_server.system
+    # cached: a second run asks nothing, and writes the same file
+    out.unlink()
+    assert runner.invoke(app, args).exit_code == 0
+    assert chat_server.requests == 2 and len(load_queries(out)) == 3
+
+
+def test_references_build_resumes_after_a_failed_row_and_writes_nothing_before(chat_server,
+                                                                             tmp_path):
+    src = _queries(tmp_path, {"id": "d", "query": "Please FAIL now."})
+    out = tmp_path / "out.jsonl"
+    args = ["references", "build", str(src), "--engine", f"openai:{chat_server.url}#ref-model",
+            "-o", str(out), "--cache", str(tmp_path / "c.sqlite3")]
+    res = runner.invoke(app, args)
+    assert _error(res).startswith("error: 1 of 3 references could not be written (the 2 written "
+                              "are cached: run the command again to resume); first: id 'd': ")
+    assert not out.exists() and not list(tmp_path.glob("*out*"))  # not even a temp file
+    chat_server.failing = False
+    before = chat_server.requests
+    assert runner.invoke(app, args).exit_code == 0
+    assert chat_server.requests == before + 1  # only the failed row is asked again
+    assert load_queries(out)[3].reference == "Reference: Please FAIL now."
+
+
+def test_references_build_against_a_dead_endpoint_is_one_message(tmp_path):
+    from tests.conftest import free_port
+
+    out = tmp_path / "out.jsonl"
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    res = runner.invoke(app, ["references", "build", str(_queries(tmp_path)), "--engine",
+                              f"openai:{url}#m", "-o", str(out), "--timeout", "5",
+                              "--cache", str(tmp_path / "c.sqlite3")])
+    assert _error(res).startswith(f"error: reference writer openai:{url}#m: the first request "
+                              "failed, so the endpoint cannot be used: ")
+    assert not out.exists()
+
+
+def test_references_build_bad_input_fails_before_any_model(tmp_path):
+    src = _jsonl(tmp_path / "q.jsonl", [{"id": "a", "query": "Q?", "reference": ""}])
+    res = runner.invoke(app, ["references", "build", str(src), "--engine", "vllm:/nope",
+                              "-o", str(tmp_path / "o.jsonl")])
+    assert res.exit_code == 2
+    assert " ".join(res.stderr.split()) == (f"error: {src}:1: field 'reference' is empty (leave "
+                                            "the field out of a row without one)")
+    res = runner.invoke(app, ["references", "build", str(_queries(tmp_path)), "--engine",
+                              "ollama:x", "-o", str(tmp_path / "o.jsonl")])
+    assert res.exit_code == 2 and "--engine 'ollama:x': expected openai:" in res.stderr
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_references_build_through_a_dspy_chat_model(chat_server, tmp_path):
+    out = tmp_path / "out.jsonl"
+    res = runner.invoke(app, ["references", "build", str(_queries(tmp_path)), "--engine",
+                              f"dspy:openai/ref-model@{chat_server.url}", "-o", str(out),
+                              "--cache", str(tmp_path / "c.sqlite3")])
+    assert res.exit_code == 0, res.output
+    assert [q.reference for q in load_queries(out)] == [
+        "Reference: What is 2 + 2?", "7 is a prime number.", "Reference: Why is the sky blue?"]
+
+
+def test_references_build_with_a_local_vllm_model(tiny_model_dir, tmp_path):
+    out = tmp_path / "out.jsonl"
+    res = runner.invoke(app, ["references", "build", str(_queries(tmp_path)), "--engine",
+                              f"vllm:{tiny_model_dir}", "-o", str(out), "--max-tokens", "16",
+                              "--max-model-len", "1024", "--cache", str(tmp_path / "c.sqlite3")])
+    # the tiny random model writes nonsense, but every row gets a non-empty reference
+    assert res.exit_code == 0, res.output
+    refs = [q.reference for q in load_queries(out)]
+    assert refs[1] == "7 is a prime number." and all(refs)
+
+
+def test_a_study_on_the_default_judge_warns_of_rows_without_a_reference(tmp_path):
+    rows = _jsonl(tmp_path / "ev.jsonl", [
+        {"id": "q1", "query": "First question?", "reference": "First answer."},
+        {"id": "q2", "query": "Second question?"}])
+    cfg = _config(tmp_path, "default", rows)
+    with pytest.warns(UserWarning, match=rf"{rows}: 1 of 2 queries have no 'reference' answer; "
+                                         r"the judge 'default' \(judge.spec\) scores"):
+        res = runner.invoke(app, ["study", "validate", str(cfg)])
+    assert res.exit_code == 0, res.output

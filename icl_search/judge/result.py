@@ -161,6 +161,11 @@ class JudgeResult:
     def cache_hits(self) -> int:
         return sum(it.cached for it in self.items)
 
+    @property
+    def reference_free(self) -> int:
+        """Items a reference-anchored judge scored without a reference (its fallback part)."""
+        return sum(it.detail.get("reference") is False for it in self.items)
+
     def missing_reasons(self) -> dict[str, int]:
         """How often each kind of miss happened ("invalid: 7 is outside 1-5" -> "invalid")."""
         out: dict[str, int] = {}
@@ -221,6 +226,7 @@ class JudgeResult:
             "aspects": {a: {"mean": m, "judged": cov[a].judged, "total": cov[a].total}
                         for a, m in self.aspect_means.items()},
             "mean_length_words": self.mean_length, "cache_hits": self.cache_hits,
+            "reference_free": self.reference_free,
             "missing": self.missing_reasons(),
         }
 

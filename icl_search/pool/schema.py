@@ -354,12 +354,7 @@ def example_from_row(row: dict[str, Any], report: Callable[[str | None, str], No
     elif v is not None and v != "":
         report("meta", f"must be an object, got {json_type(v)}")
         ok = False
-    # A table's empty cell is a row without a reference, not an empty one.
-    v = row.get(REFERENCE_FIELD)
-    if REFERENCE_FIELD in row and not (tabular and v in ("", None)) and \
-            (why := reference_problem(v)):
-        report(REFERENCE_FIELD, why.removeprefix(f"field '{REFERENCE_FIELD}' "))
-        ok = False
+    ok = _reference_ok(row, report, tabular) and ok
     # Fields the schema does not know are kept, not dropped: they may be someone's labels.
     for k, val in row.items():
         if k not in _KNOWN_FIELDS and k not in typos and not (tabular and val in ("", None)):
@@ -371,6 +366,19 @@ def example_from_row(row: dict[str, Any], report: Callable[[str | None, str], No
                    category=optional["category"], tags=tags, source=optional["source"],
                    meta=meta)
 
+
+
+def _reference_ok(row: dict[str, Any], report: Callable[[str | None, str], None],
+                  tabular: bool) -> bool:
+    """A `reference`, when the row has one, is non-empty text (in a table an empty cell is a
+    row without a reference, not an empty one)."""
+    v = row.get(REFERENCE_FIELD)
+    if REFERENCE_FIELD not in row or (tabular and v in ("", None)):
+        return True
+    why = reference_problem(v)
+    if why:
+        report(REFERENCE_FIELD, why.removeprefix(f"field '{REFERENCE_FIELD}' "))
+    return why is None
 
 
 def read_text(path: Path) -> str:
