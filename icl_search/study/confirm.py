@@ -41,6 +41,7 @@ from icl_search.errors import IclSearchError
 from icl_search.hygiene import Hygiene, HygieneCounts
 from icl_search.study import attrs
 from icl_search.study.config import StudyConfig
+from icl_search.study.confirm_md import section_lines, table_lines  # noqa: F401  (re-exported)
 from icl_search.study.space import TrialSpec, baseline_params
 from icl_search.study.stats import (  # noqa: F401  (re-exported: the earlier home of these)
     ALPHA,
@@ -327,6 +328,11 @@ def _urial(cfg: StudyConfig, evaluator, queries, audit):
                      tuple(e.id for e in shots))
     return ev, spec
 
+
+def report_lines(study: optuna.Study) -> list[str]:
+    """The confirmation section of `study report` (nothing when never confirmed)."""
+    s = summarize(study)
+    return [] if s is None else section_lines(s)
 
 
 # -- contexts outside the plan -------------------------------------------------------------

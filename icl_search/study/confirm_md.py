@@ -81,13 +81,8 @@ def verdict_lines(summary: Summary) -> list[str]:
     return lines
 
 
-def report_lines(study) -> list[str]:
-    """The confirmation section of `study report` (nothing when never confirmed)."""
-    from icl_search.study.confirm import summarize
-
-    s = summarize(study)
-    if s is None:
-        return []
+def section_lines(s: Summary) -> list[str]:
+    """The confirmation section of a report, for a stored summary."""
     intro = (f"On {s.n_queries} confirm queries the search never saw; intervals: 95% bootstrap "
              f"(BCa); p: {TEST}; at equal length: the intercept of the per-query gain "
              "regressed on the log length ratio (95% t interval). Hygiene defects: answers "

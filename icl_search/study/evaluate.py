@@ -299,8 +299,11 @@ class Evaluator:
         still fails hygiene gets the judge's floor on every aspect (and is not asked)."""
         floor = judge_floor(judge)
         refs = {q.id: q.reference for q in self.queries}  # read by reference-anchored judges
-        # a row a reference judge cannot score (no reference) stays missing, floored or not
-        needs_ref = getattr(getattr(judge, "backend", None), "uses_reference", False)
+        # a row a judge cannot score without a reference (refsim) stays missing, floored or not;
+        # the anchored judge scores it by its reference-free part, so it is floored
+        from icl_search.judge.judge import REFERENCE_KINDS
+
+        needs_ref = str(getattr(judge, "id", "")).split(":", 1)[0] in REFERENCE_KINDS
         fails = [self.hygiene_floor and r.hygiene is not None and r.hygiene.fails
                  and not (needs_ref and refs.get(r.query_id) is None) for r in records]
         items = [JudgeItem(f"{i}", r.query, None if bad else r.answer, r.category,

@@ -79,8 +79,8 @@ def check_data(cfg: StudyConfig) -> None:
 def check_references(cfg: StudyConfig, query_files: dict) -> None:
     """A judge that needs references (`refsim`), as the study's judge, screen or audit judge,
     on an eval or confirm file with rows lacking them: one message naming the file. An audit
-    judge scores the confirm set only: a separate confirm file is all it needs references in.
-    A reference-anchored judge (the default) scores such rows by its reference-free part: a
+    judge scores the confirm set only: a separate confirm file is all it needs references in. A
+    reference-anchored judge (the default) scores such rows by its reference-free part: a
     warning says how many."""
     import warnings
 
