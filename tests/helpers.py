@@ -8,6 +8,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from fastapi import Request  # module level: FastAPI reads the handler's annotation here
+
 from icl_search.engines.base import Completion, SamplingParams
 from icl_search.judge import ItemJudgement, JudgeResult
 from icl_search.judge.result import aspects_for
@@ -177,3 +179,26 @@ def serve_in_thread(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join()
+
+
+def pairwise_chat_app():
+    """An OpenAI-compatible chat judge for the pairwise rubric (feedback/templates/pairwise.txt):
+    it prefers the reply holding "GOOD", calls a tie when both or neither do, and with
+    "<BIASED>" anywhere in the request always answers "A" (pure position bias)."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    async def chat(request: Request):
+        text = (await request.json())["messages"][0]["content"]
+        a = text.split("[Reply A]")[1].split("[End of reply A]")[0]
+        b = text.split("[Reply B]")[1].split("[End of reply B]")[0]
+        verdict = ("A" if "<BIASED>" in text else "A" if "GOOD" in a and "GOOD" not in b
+                   else "B" if "GOOD" in b and "GOOD" not in a else "tie")
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": "s",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": f"{verdict}."}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+    app.add_api_route("/v1/chat/completions", chat, methods=["POST"])
+    return app

@@ -4,11 +4,8 @@ vLLM logprob judge and a scripted chat judge), and their combination in a real t
 from __future__ import annotations
 
 import re
-import threading
-import time
 
 import pytest
-from fastapi import Request
 
 from icl_search.cache import Cache
 from icl_search.feedback import (
@@ -22,8 +19,7 @@ from icl_search.feedback import (
 )
 from icl_search.judge import make_judge
 from icl_search.study import build_evaluator, load_config, open_study, run_study
-from tests.conftest import free_port
-from tests.helpers import write_config
+from tests.helpers import pairwise_chat_app, serve_in_thread, write_config
 
 
 # -- rules -----------------------------------------------------------------------------------
@@ -163,34 +159,9 @@ def test_pairwise_logprob_on_tiny_vllm_both_orders(tiny_engine, tmp_path):
 
 @pytest.fixture(scope="module")
 def pairwise_chat_server():
-    """A chat judge that prefers the reply holding "GOOD"; with "<BIASED>" in the request it
-    always answers "A" (pure position bias)."""
-    import uvicorn
-    from fastapi import FastAPI
-
-    app = FastAPI()
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
-        text = (await request.json())["messages"][0]["content"]
-        a = text.split("[Reply A]")[1].split("[End of reply A]")[0]
-        b = text.split("[Reply B]")[1].split("[End of reply B]")[0]
-        verdict = ("A" if "<BIASED>" in text else "A" if "GOOD" in a and "GOOD" not in b
-                   else "B" if "GOOD" in b and "GOOD" not in a else "tie")
-        return {"id": "x", "object": "chat.completion", "created": 0, "model": "s",
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": f"{verdict}."}}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join()
+    """The pairwise chat judge of tests/helpers.py on loopback."""
+    with serve_in_thread(pairwise_chat_app()) as url:
+        yield f"{url}/v1"
 
 
 def test_pairwise_text_judge_cancels_position_bias(pairwise_chat_server):

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
 from typer.testing import CliRunner
 
 from icl_search.cli import app
@@ -24,7 +23,7 @@ from icl_search.review import (
     verdicts_path,
 )
 from icl_search.review.verdicts import append_verdicts
-from tests.helpers import serve_in_thread
+from tests.helpers import pairwise_chat_app, serve_in_thread
 
 LEFT, RIGHT = "bundle", "inst_1k"
 
@@ -259,23 +258,7 @@ def test_page_routes_never_serve_the_folder(review):
 # -- the LLM rater against a loopback chat endpoint ------------------------------------------
 @pytest.fixture(scope="module")
 def chat_judge_url():
-    """An OpenAI-compatible chat judge that prefers the reply holding "GOOD"; with "BIASED" in
-    the query it always answers "A" (pure position bias)."""
-    judge = FastAPI()
-
-    @judge.post("/v1/chat/completions")
-    async def chat(request: Request):
-        text = (await request.json())["messages"][0]["content"]
-        a = text.split("[Reply A]")[1].split("[End of reply A]")[0]
-        b = text.split("[Reply B]")[1].split("[End of reply B]")[0]
-        verdict = ("A" if "BIASED" in text else "A" if "GOOD" in a and "GOOD" not in b
-                   else "B" if "GOOD" in b and "GOOD" not in a else "tie")
-        return {"id": "x", "object": "chat.completion", "created": 0, "model": "s",
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": f"{verdict}."}}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-
-    with serve_in_thread(judge) as url:
+    with serve_in_thread(pairwise_chat_app()) as url:
         yield f"{url}/v1"
 
 
@@ -285,7 +268,7 @@ def test_rate_with_an_llm_judge_in_both_orders(tmp_path, chat_judge_url):
         out = []
         for i in range(6):
             text = f"{side} reply {i}" + (" GOOD" if f"q{i}" in good else "")
-            query = "BIASED question?" if i == 5 else f"Question {i}?"
+            query = "<BIASED> question?" if i == 5 else f"Question {i}?"
             out.append({"id": f"q{i}", "query": query, "answer": text})
         return out
 
@@ -304,7 +287,7 @@ def test_rate_with_an_llm_judge_in_both_orders(tmp_path, chat_judge_url):
     assert (row["left_wins"], row["right_wins"], row["ties"]) == (3, 1, 2)
     assert row["win_rate"] == pytest.approx(4 / 6)
     biased = next(json.loads(line) for line in s.path.read_text().splitlines()
-                  if ReviewFolder(folder).pairs[json.loads(line)["pair"]].query.startswith("B"))
+                  if ReviewFolder(folder).pairs[json.loads(line)["pair"]].query.startswith("<BIASED>"))
     assert biased["orders"] == ["A", "A"] and biased["verdict"] == "tie"
     # a rerun asks only for what is left: nothing
     again = rate_review(folder, spec, num_retries=0)
@@ -406,3 +389,26 @@ def test_a_context_in_two_comparisons_is_pointed_out(tmp_path):
     assert any(line.startswith("note: A is in more than one comparison") for line in s.lines())
     one = make_review(rows, ["A:B"], tmp_path / "r1")
     assert not any(line.startswith("note:") for line in one.lines())
+
+
+def test_alignment_bench_writes_a_review_of_its_test_answers(tmp_path):
+    import importlib.util
+    from types import SimpleNamespace
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("alignment_bench_review",
+                                                  REPO / "bench" / "alignment.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    queries = [SimpleNamespace(id=f"q{i}", query=f"Q{i}?", category="safety" if i == 0
+                               else "regular") for i in range(4)]
+    answers = {name: [SimpleNamespace(answer=f"{name} {i}" if i < 3 else "same")
+                      for i in range(4)] for name in ("bundle", "urial_inst_1k", "zero_shot")}
+    out = bench.write_review(tmp_path / "review", queries, answers, seed=0)
+    assert out["pairs"] == 3 and out["comparisons"][0]["identical"] == 1
+    key = ReviewFolder(tmp_path / "review").key()
+    assert {(k["left"], k["right"]) for k in key["pairs"].values()} == {("bundle",
+                                                                         "urial_inst_1k")}
+    assert sorted(k["category"] for k in key["pairs"].values()) == ["regular", "regular",
+                                                                    "safety"]
