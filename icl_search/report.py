@@ -272,7 +272,7 @@ def _section_lines(cfg, study: optuna.Study, importances) -> list[str]:
     from icl_search.study.screening import report_lines
 
     lines += report_lines(study, cfg.judge.screen_top)
-    from icl_search.study.confirm_md import report_lines as confirm_lines
+    from icl_search.study.confirm import report_lines as confirm_lines
 
     lines += confirm_lines(study)
     if getattr(cfg, "propose", None) is not None:  # the later rounds: which proposals won
