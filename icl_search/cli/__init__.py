@@ -93,6 +93,7 @@ from icl_search.cli import study as _study  # noqa: F401
 from icl_search.cli import serve as _serve  # noqa: F401
 from icl_search.cli import export as _export  # noqa: F401
 from icl_search.cli import propose as _propose  # noqa: F401
+from icl_search.cli import compare as _compare  # noqa: F401
 from icl_search.cli import review as _review  # noqa: F401
 # isort: on
 

@@ -43,6 +43,8 @@ EXAMPLES: dict[str, str] = {
     "review serve": "icl-search review serve runs/review --port 8765",
     "review rate": "icl-search review rate runs/review --judge dspy:openai/gpt-4o-mini",
     "review score": "icl-search review score runs/review --out runs/review/score.md",
+    "compare": ("icl-search compare studies/demo.toml studies/smollm2.toml -o runs/compare "
+                "--transfer"),
 }
 
 

