@@ -499,10 +499,15 @@ def test_preflight_names_the_field_before_any_model_loads(tmp_path, tiny_model_d
     assert not (tmp_path / "pf.db").exists()
 
 
-def test_plain_progress_lines_when_stderr_is_not_a_terminal(capsys):
+@pytest.mark.parametrize("uptime", [5.0, 1e6], ids=["machine-up-5s", "machine-up-11-days"])
+def test_plain_progress_lines_when_stderr_is_not_a_terminal(capsys, monkeypatch, uptime):
+    from icl_search.cli import study as cli_study
     from icl_search.cli.study import _Live
     from icl_search.study.runner import Progress
 
+    # time.monotonic() counts from an arbitrary point (boot, on Linux): the first line must
+    # print whatever it reads, on a machine booted seconds ago too
+    monkeypatch.setattr(cli_study.time, "monotonic", lambda: uptime)
     with _Live(every=3600) as live:
         assert not live.tty  # pytest captures stderr: not a terminal
         live(Progress(0, 4, 0, 6, None, 0.0))
