@@ -99,9 +99,15 @@ def cli(*args: str) -> list[str]:
 def trials_of(name: str, storage: str) -> list[Any]:
     import optuna
 
+    from icl_search.study.storage import schema_lock
+
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+        # under the workers' schema lock: on a new PostgreSQL database this process must not
+        # race them to create Optuna's tables
+        with schema_lock(storage):
+            storage_obj = optuna.storages.RDBStorage(storage)
+        return optuna.load_study(study_name=name, storage=storage_obj).get_trials(deepcopy=False)
     except Exception:  # noqa: BLE001 - not created yet, or the file is being written
         return []
 
@@ -500,16 +506,17 @@ def _temps(folder: Path) -> list[str]:
 def _watch_temp(proc: subprocess.Popen, folder: Path, before: set[str], delay: float | None
                 ) -> tuple[float | None, set[str]]:
     """Poll (every 2 ms) until a temp file not in `before` appears, then wait `delay` s (None:
-    until the process ends). Returns (seconds to its first sight, the new names)."""
-    t0 = time.perf_counter()
+    until those temp files are gone, i.e. renamed into place). Returns (seconds the temp files
+    lived, or None when none showed; their names)."""
     while proc.poll() is None:
         mine = set(_temps(folder)) - before
         if mine:
-            seen = time.perf_counter() - t0
             t1 = time.perf_counter()
-            while proc.poll() is None and (delay is None or time.perf_counter() - t1 < delay):
+            while proc.poll() is None and (
+                    time.perf_counter() - t1 < delay if delay is not None
+                    else mine & set(_temps(folder))):
                 time.sleep(0.002)
-            return seen, mine
+            return time.perf_counter() - t1, mine
         time.sleep(0.002)
     return None, set()
 
@@ -552,15 +559,14 @@ def probe_writes(tmp: Path, study_cfg: Path | None, kills: int, seed: int) -> di
             target.parent.mkdir(parents=True, exist_ok=True)
             keep = {target.name, target.stem + ".system.txt"}
             env = {**ENV, "RELIABILITY_CACHE_LOG": str(tmp / "w.log")}
-            # the clean run: its time, and its write window (from its temp file's first sight
-            # to its exit)
+            # the clean run: its time, and its write window (how long its temp files lived)
             t0 = time.perf_counter()
             proc = subprocess.Popen(cli(*args), stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, env=env)
-            t_write, _ = _watch_temp(proc, target.parent, set(_temps(target.parent)), None)
+            window, _ = _watch_temp(proc, target.parent, set(_temps(target.parent)), None)
+            window = window or 0.0
             rc = proc.wait()
             t_clean = time.perf_counter() - t0
-            window = t_clean - t_write if t_write is not None else 0.0
             target.unlink(missing_ok=True)
             half, killed, mid_write = 0, 0, 0
             for _ in range(kills):

@@ -72,7 +72,7 @@ def make_storage(cfg: StudyConfig, url: str | None = None, *,
     else:
         kwargs["engine_kwargs"] = {"pool_pre_ping": True}
     try:
-        with _schema_lock(url):
+        with schema_lock(url):
             return optuna.storages.RDBStorage(
                 url, heartbeat_interval=hb, grace_period=2 * hb,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
@@ -91,7 +91,7 @@ SCHEMA_LOCK_KEYS = (0x69636C2D, 0x73636865)  # "icl-", "sche"
 
 
 @contextlib.contextmanager
-def _schema_lock(url: str) -> Iterator[None]:
+def schema_lock(url: str) -> Iterator[None]:
     """On PostgreSQL, hold an advisory lock while Optuna creates (or checks) its tables:
     workers started at once on an empty database otherwise race in CREATE TABLE, and all but
     one die on `pg_type_typname_nsp_index` (a UniqueViolation). Other backends: nothing."""
