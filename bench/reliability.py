@@ -128,35 +128,57 @@ def paid_twice(log: Path) -> int:
 
 
 # -- 1. SQLite study, killed and resumed ----------------------------------------------------------
-def _kill_inside_a_trial(proc: subprocess.Popen, started: datetime.datetime, storage: str,
+class _Reader:
+    """Reads a study's trials through one storage object (a poll every 50 ms must not pay for
+    opening the storage each time); [] until the study exists."""
+
+    def __init__(self, name: str, url: str):
+        self.name, self.url, self._storage, self._id = name, url, None, None
+
+    def trials(self) -> list[Any]:
+        import optuna
+
+        try:
+            if self._storage is None:
+                self._storage = optuna.storages.RDBStorage(self.url)
+            if self._id is None:
+                self._id = self._storage.get_study_id_from_name(self.name)
+            return self._storage.get_all_trials(self._id, deepcopy=False)
+        except Exception:  # noqa: BLE001 - not created yet, or the file is being written
+            return []
+
+
+def _kill_inside_a_trial(proc: subprocess.Popen, started: datetime.datetime, reader: _Reader,
                          delay: float, check) -> tuple[str, list[int], float]:
-    """Wait until a trial started by this run is RUNNING (read from the storage), wait
-    `delay` more seconds, then SIGKILL. Returns (where the kill landed, the trials it
+    """Wait until a trial started by this run is RUNNING (read from the storage every 50 ms),
+    wait `delay` more seconds, then SIGKILL. Returns (where the kill landed, the trials it
     interrupted, seconds from the run's start to the kill). The storage is read again after
     the kill: a trial of this run still RUNNING there is one the kill interrupted (a dead
     process cannot finish it), so "mid-trial" is measured, not assumed."""
     from optuna.trial import TrialState
 
+    def mine_running() -> list[int]:
+        return sorted(t.number for t in reader.trials() if t.state == TrialState.RUNNING
+                      and t.datetime_start and t.datetime_start > started)
+
     t0 = time.time()
     seen_running = False
     while proc.poll() is None and time.time() - t0 < 900:
-        if any(t.state == TrialState.RUNNING and t.datetime_start and t.datetime_start > started
-               for t in check()):
+        if mine_running():
             seen_running = True
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     t1 = time.time()
     while proc.poll() is None and time.time() - t1 < delay:
-        time.sleep(0.1)
+        time.sleep(0.01)
     if proc.poll() is not None:
         proc.wait()
         return "after the run ended", [], time.time() - t0
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     at = time.time() - t0
-    interrupted = sorted(t.number for t in trials_of("rel", storage)
-                         if t.state == TrialState.RUNNING and t.datetime_start
-                         and t.datetime_start > started)
+    check()
+    interrupted = mine_running()
     if interrupted:
         return "mid-trial", interrupted, at
     return ("between trials" if seen_running else "before any trial"), [], at
@@ -178,8 +200,12 @@ def probe_sqlite(tmp: Path, model: Path, kills: int, seed: int) -> dict[str, Any
     path = write_config(tmp, model, name="rel", optuna=(
         f"heartbeat_seconds = 1\nbatch_trials = 1\nn_trials = {n_trials}\nchunk_size = 2\n"
         f'storage = "sqlite:///{tmp / "rel.db"}"'))
-    path.write_text(path.read_text().replace("seed = 3", f'seed = 3\ncache = "{tmp}/rel-cache.db"'))
+    # 16 queries of 24 tokens per trial (the tests' config has 6 of 8): trials of the tiny
+    # model long enough (about a second idle) that a kill can be aimed inside one
+    path.write_text(path.read_text().replace("seed = 3", f'seed = 3\ncache = "{tmp}/rel-cache.db"')
+                    .replace("limit = 6", "limit = 16").replace("max_tokens = 8", "max_tokens = 24"))
     storage = f"sqlite:///{tmp / 'rel.db'}"
+    reader = _Reader("rel", storage)
     log = tmp / "rel-cache.log"
     env = {**ENV, "RELIABILITY_CACHE_LOG": str(log)}
     seen_done: dict[int, str] = {}
@@ -188,7 +214,7 @@ def probe_sqlite(tmp: Path, model: Path, kills: int, seed: int) -> dict[str, Any
     done_states = (TrialState.COMPLETE, TrialState.PRUNED)
 
     def check() -> list[Any]:
-        trials = trials_of("rel", storage)
+        trials = reader.trials()
         now = {t.number: t.state for t in trials}
         for n in seen_done:
             if now.get(n) not in done_states:
@@ -200,14 +226,14 @@ def probe_sqlite(tmp: Path, model: Path, kills: int, seed: int) -> dict[str, Any
 
     for k in range(kills):
         spans = [(t.datetime_complete - t.datetime_start).total_seconds()
-                 for t in trials_of("rel", storage) if t.state in done_states
+                 for t in reader.trials() if t.state in done_states
                  and t.datetime_complete and t.datetime_start]
         typical = statistics.median(spans) if spans else 10.0
         fraction = rng.random()
         with (tmp / f"rel-run{k}.log").open("w") as fh:
             started = datetime.datetime.now()
             proc = subprocess.Popen(cli("study", "run", str(path)), stdout=fh, stderr=fh, env=env)
-            where, interrupted, at = _kill_inside_a_trial(proc, started, storage,
+            where, interrupted, at = _kill_inside_a_trial(proc, started, reader,
                                                           fraction * typical, check)
         check()
         kill_log.append({"into_trial": f"{fraction:.0%} of {typical:.1f}s", "landed": where,
