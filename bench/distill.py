@@ -32,13 +32,10 @@ from pathlib import Path
 from _common import ROOT  # first: the offline environment and the import path
 
 from icl_search.io import write_json
-from icl_search.judge.distill import (
-    DistilledBackend,
-    agreement,
-    distill,
-    reference_records,
-    split_by_query,
-)
+from icl_search.judge.distill import distill, split_by_query
+from icl_search.judge.learned import DistilledBackend
+from icl_search.judge.metrics import agreement
+from icl_search.judge.records import reference_records
 
 DATA = ROOT.parent / "shared" / "data" / "just-eval"
 RESULTS = ROOT / "bench" / "results" / "distill.json"

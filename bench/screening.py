@@ -28,7 +28,8 @@ from pathlib import Path
 from _common import ROOT  # first: the offline environment and the import path
 
 from icl_search.io import write_json
-from icl_search.judge.distill import MANIFEST, distill, reference_records, split_by_query
+from icl_search.judge.distill import MANIFEST, distill, split_by_query
+from icl_search.judge.records import reference_records
 from icl_search.study import build_evaluator, load_config, open_study, run_study
 from icl_search.study.screening import screening_summary
 

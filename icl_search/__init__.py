@@ -16,12 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-try:  # one source of truth: the installed distribution's metadata (pyproject.toml)
-    from importlib.metadata import PackageNotFoundError, version
-
-    __version__ = version("icl-search")
-except PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "0+unknown"
+from icl_search.version import __version__
 
 # public name -> the module that owns it
 _EXPORTS = {

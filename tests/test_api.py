@@ -76,7 +76,7 @@ def test_readme_python_example_uses_only_public_names():
     import re
 
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("### From Python"):]
+    section = text[text.index("## From Python"):]
     code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
     used = {n.attr for n in ast.walk(ast.parse(code))
             if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "ic"}

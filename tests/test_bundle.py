@@ -14,13 +14,13 @@ from icl_search.bundle import (
     Bundle,
     BundleError,
     ContextWindowError,
-    redact_url,
 )
 from icl_search.cli import app
 from icl_search.engines.base import SamplingParams
 from icl_search.index import Embedder, PoolIndex
 from icl_search.pool import Example, Pool, parse_urial
 from icl_search.prompt import Budget, Template
+from icl_search.redact import redact_url
 from icl_search.selection import SelectionConfig, Selector
 
 SYSTEM = "Below are conversations between a curious user and a careful, helpful assistant."
@@ -308,3 +308,69 @@ def test_select_cli_errors_are_one_clear_message(retrieval_bundle, pool_file, tm
     bad = _write(tmp_path, {"schema_version": 7})
     res = runner.invoke(app, ["select", bad, "q"])
     assert res.exit_code == 2 and "schema_version 7 is newer" in " ".join(res.output.split())
+
+
+# -- portable bundle folders -----------------------------------------------------------------
+def test_a_copied_bundle_folder_answers_select_from_another_directory(retrieval_bundle,
+                                                                      tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from icl_search.bundle import copy_beside
+
+    query = "Any tips for a quick banana loaf?"
+    expected = retrieval_bundle.render(query)
+    copy_beside(retrieval_bundle, tmp_path / "portable" / "best.json")
+    data = json.loads((tmp_path / "portable" / "best.json").read_text())
+    assert data["retrieval"]["pool"] == "pool.jsonl"
+    assert data["retrieval"]["index"] == "pool.jsonl.index"
+    assert (tmp_path / "portable" / "pool.jsonl.index").is_dir()
+
+    # the folder alone travels: the original pool, index and bundle are gone
+    far = shutil.copytree(tmp_path / "portable", tmp_path / "far" / "away")
+    for gone in ("portable", "data", "bundles"):
+        shutil.rmtree(tmp_path / gone)
+    elsewhere = tmp_path / "somewhere" / "else"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    rel = os.path.relpath(far / "best.json", elsewhere)
+    res = runner.invoke(app, ["select", rel, query])
+    assert res.exit_code == 0, res.output
+    assert res.output.endswith(expected)
+
+    # one folder holds one pool: another pool of the same name is never overwritten
+    other_pool = tmp_path / "other" / "pool.jsonl"
+    Pool(EXAMPLES[:3]).save(other_pool)
+    other = Bundle.create(model="m", system=SYSTEM, pool_path=other_pool,
+                          selection=SelectionConfig(strategy="knn", k=2))
+    with pytest.raises(BundleError, match="holds another pool"):
+        copy_beside(other, far / "other.json")
+    assert not (far / "other.json").exists()
+
+    # the index is a cache of the pool: without it the bundle rebuilds the same one
+    shutil.rmtree(far / "pool.jsonl.index")
+    res = runner.invoke(app, ["select", rel, query, "--prompt-only"])
+    assert res.exit_code == 0, res.output
+    assert res.output == expected
+
+
+def test_a_bundle_without_its_pool_fails_before_any_model_loads(retrieval_bundle, tmp_path):
+    import shutil
+
+    alone = tmp_path / "alone" / "deeper" / "best.json"  # `../data/pool.jsonl` is not there
+    alone.parent.mkdir(parents=True)
+    shutil.copy(retrieval_bundle.path, alone)  # copied without its pool
+    res = runner.invoke(app, ["select", str(alone), "banana bread"])
+    assert res.exit_code == 2
+    msg = " ".join(res.output.split())
+    assert "retrieval.pool" in msg and "does not exist" in msg and "--copy-pool" in msg
+
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"id": "q1", "query": "banana bread"}) + "\n")
+    # a model that does not exist: had it been loaded first, the error would name the model
+    res = runner.invoke(app, ["generate", str(queries), "--out", str(tmp_path / "a.jsonl"),
+                              "--bundle", str(alone), "--model", str(tmp_path / "no-model")])
+    assert res.exit_code == 2
+    msg = " ".join(res.output.split())
+    assert "retrieval.pool" in msg and "no-model" not in msg
+    assert not (tmp_path / "a.jsonl").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import optuna
@@ -77,7 +78,7 @@ def _tiny_demo_config(tmp_path: Path, model: Path, name: str, **kw) -> Path:
     return path
 
 
-def test_demo_when_retrieval_wins(tmp_path, tiny_model_dir):
+def test_demo_when_retrieval_wins(tmp_path, tiny_model_dir, monkeypatch):
     # The baseline's preamble does not fit the 1024-token window, so none of its queries can
     # be generated and it fails on judge coverage; the one other trial, enqueued, retrieves
     # its examples per query (kNN), so the study's best is a retrieval trial.
@@ -141,6 +142,20 @@ def test_demo_when_retrieval_wins(tmp_path, tiny_model_dir):
     assert (f"no c.jinja: a retrieval bundle chooses examples per query, which a static chat "
             f"template cannot do; serve the bundle with `icl-search serve {runs / 'c.json'}`"
             in r.output)
+
+    # --copy-pool: a bundle folder that travels whole answers `select` from anywhere
+    r = runner.invoke(app, ["export", str(path), "-o", str(runs / "portable" / "bundle.json"),
+                            "--copy-pool"])
+    assert r.exit_code == 0, r.output
+    assert "copied the pool beside the bundle" in r.output
+    retrieval = json.loads((runs / "portable" / "bundle.json").read_text())["retrieval"]
+    assert "/" not in retrieval["pool"] and (runs / "portable" / retrieval["pool"]).is_file()
+    far = shutil.copytree(runs / "portable", tmp_path / "far" / "portable")
+    shutil.rmtree(runs / "portable")
+    monkeypatch.chdir(far.parent)
+    r = runner.invoke(app, ["select", "portable/bundle.json", QUERY, "--prompt-only"])
+    assert r.exit_code == 0, r.output
+    assert r.output == bundle.render(QUERY)
 
 
 def test_demo_when_the_fixed_baseline_is_best(tmp_path, tiny_model_dir, tiny_engine):

@@ -13,15 +13,8 @@ from typer.testing import CliRunner
 
 from icl_search.cli import app
 from icl_search.judge import ItemJudgement, JudgeItem, JudgeResult, make_judge
-from icl_search.judge.distill import (
-    MANIFEST,
-    DistillError,
-    Record,
-    distill,
-    load_records,
-    reference_records,
-    split_by_query,
-)
+from icl_search.judge.distill import MANIFEST, distill, split_by_query
+from icl_search.judge.records import DistillError, Record, load_records, reference_records
 from tests.conftest import SHARED_DATA
 from tests.helpers import write_config as study_config
 

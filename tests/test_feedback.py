@@ -267,7 +267,7 @@ def test_feedback_config_errors_name_the_field(tmp_path, tiny_model_dir):
 
 
 def test_trials_table_shows_each_source(tmp_path, tiny_model_dir, tiny_engine):
-    from icl_search.study.runner import trials_frame
+    from icl_search.report import trials_frame
 
     path = write_config(tmp_path, tiny_model_dir, name="tab", optuna="n_trials = 1",
                         feedback="rules = {weight = 1.0}\npairwise = {weight = 1.0}")

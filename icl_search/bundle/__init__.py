@@ -46,8 +46,8 @@ from icl_search.bundle.parts import (
     Scores,
     SystemMode,
     package_versions,
-    redact_url,
 )
+from icl_search.bundle.portable import copy_beside
 
 __all__ = [
     "NO_URIAL_FILE",
@@ -64,6 +64,13 @@ __all__ = [
     "Retrieval",
     "Scores",
     "SystemMode",
+    "copy_beside",
     "package_versions",
-    "redact_url",
 ]
+
+
+def __getattr__(name: str):
+    # old paths (`icl_search.bundle.redact_url`): the one list is icl_search._deprecated
+    from icl_search._deprecated import moved
+
+    return moved(__name__, name)

@@ -45,6 +45,7 @@ from icl_search.bundle.parts import (
     _first_error,
     _rel,
 )
+from icl_search.bundle.portable import check_pool
 
 
 # -- the bundle ----------------------------------------------------------------------------
@@ -315,26 +316,18 @@ class Bundle(BaseModel):
                 self._selector = self._load_selector()
             return self._selector
 
+    def check_files(self) -> None:
+        """A retrieval bundle's pool (present, unchanged since export) and local embedder
+        folder, checked without loading any model (`icl_search.bundle.portable.check_pool`)."""
+        check_pool(self)
+
     def _load_selector(self) -> Selector:
         from icl_search.index import Embedder, EmbedderError, PoolIndex, StaleIndexError
-        from icl_search.pool import Pool, PoolError
         from icl_search.selection import SelectionError, Selector
 
         r = self.retrieval
         assert r is not None
-        pool_path = self._resolve(r.pool)
-        if not pool_path.is_file():
-            raise BundleError(f"{self._where()}: retrieval.pool: {pool_path} does not exist "
-                              "(the pool must stay where it was, relative to the bundle)")
-        try:
-            pool = Pool.load(pool_path)
-        except PoolError as exc:
-            raise BundleError(f"{self._where()}: retrieval.pool: {exc}") from None
-        if pool.fingerprint != r.pool_fingerprint:
-            raise BundleError(
-                f"{pool_path}: the pool changed since {self._where()} was exported "
-                f"(bundle fingerprint {r.pool_fingerprint}, pool now {pool.fingerprint}); "
-                "re-export the bundle from its study, or restore the pool it was made with")
+        pool = check_pool(self)
         location = str(self._resolve(r.embedder_path)) if r.embedder_path else r.embedder
         emb = Embedder(location)
         if emb.id != r.embedder:

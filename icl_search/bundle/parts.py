@@ -21,7 +21,7 @@ from pydantic import (
 
 from icl_search.errors import IclSearchError
 from icl_search.pool import DEFAULT_CATEGORY, Example
-from icl_search.redact import redact_url  # the one credential redactor (re-exported here)
+from icl_search.redact import redact_url  # the one credential redactor
 from icl_search.selection import SelectionConfig
 
 SCHEMA_VERSION = 1

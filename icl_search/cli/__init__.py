@@ -67,7 +67,7 @@ TyperOption.display_type_rich = _flag_type
 
 def _version(value: bool) -> None:
     if value:
-        from icl_search import __version__
+        from icl_search.version import __version__
 
         typer.echo(f"icl-search {__version__}")
         raise typer.Exit()

@@ -29,6 +29,9 @@ def export(
                                "(fixed sets only: a retrieval bundle is written alone, with a "
                                "note); chat-template to also write <out>.jinja, a chat template "
                                "for `vllm serve --chat-template` (fixed sets only)."),
+    copy_pool: bool = typer.Option(False, "--copy-pool", help="Copy a retrieval bundle's pool "
+                                   "(and its index) into the bundle's folder and point the "
+                                   "bundle there, so the folder can be copied anywhere."),
 ) -> None:
     """Write the best (or a chosen) trial as a self-contained prompt bundle."""
     import optuna
@@ -67,6 +70,15 @@ def export(
                           search_best=search_best)
     except (ExportError, BundleError) as exc:
         fail(str(exc))
+    if copy_pool and b.mode == "retrieval":
+        from icl_search.bundle import copy_beside
+
+        try:
+            b = copy_beside(b, out)
+        except BundleError as exc:
+            fail(str(exc))
+        err.print(f"copied the pool beside the bundle: {out.parent / b.retrieval.pool} "
+                  "(the folder can be copied anywhere)", highlight=False, soft_wrap=True)
     sc = b.scores
     wrote_urial = urial is not None and b.mode == "fixed"
     err.print(f"exported trial {b.provenance.trial} (score {sc.overall:.3f}, mode {b.mode}) "

@@ -113,6 +113,7 @@ def generate(
         from icl_search.bundle import Bundle
 
         b = Bundle.load(bundle)  # a BundleError names the file and field
+        b.check_files()  # its pool, before the model loads
         system_text, exs, template = b.system, (lambda q: b.select(q.query)), b.template
         base = b.sampling
     else:

@@ -344,7 +344,8 @@ def distill_cmd(
 ) -> None:
     """Train a cross-encoder on judge verdicts: a cheap judge (`distilled:DIR`) scoring in the
     same 1-5 units; prints Spearman and AUC per aspect on held-out queries."""
-    from icl_search.judge.distill import DistillError, distill, load_records, reference_records
+    from icl_search.judge.distill import distill
+    from icl_search.judge.records import DistillError, load_records, reference_records
 
     if not scores and reference is None:
         fail("nothing to train on: give --scores FILE and/or --reference FILE")

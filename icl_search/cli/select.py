@@ -53,6 +53,7 @@ def _select_from_bundle(bundle_path: Path, query: str, *, exclude: list[str],
         _fail("QUERY: the query is empty")
     try:
         bundle = Bundle.load(bundle_path)
+        bundle.check_files()  # its pool, before the embedder loads
         chosen = bundle.select(query, exclude_ids=exclude)
         prompt = bundle.template.render(bundle.system, chosen, query)
     except BundleError as exc:

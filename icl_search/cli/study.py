@@ -231,7 +231,8 @@ def trials(
 ) -> None:
     """A table of every trial: parameters, score, aspects, context tokens."""
     from icl_search.io import atomic_write
-    from icl_search.study import load_study, trials_frame
+    from icl_search.report import trials_frame
+    from icl_search.study import load_study
 
     cfg = _config(config)
     df = trials_frame(load_study(cfg, storage))

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Literal
 import faiss
 import numpy as np
 
-from icl_search import __version__
 from icl_search.errors import IclSearchError
 from icl_search.index.embedder import Embedder
 from icl_search.index.kinds import (
@@ -27,6 +26,7 @@ from icl_search.index.kinds import (
     search_params,
 )
 from icl_search.io import atomic_write
+from icl_search.version import __version__
 
 if TYPE_CHECKING:
     from icl_search.pool import Example, Pool

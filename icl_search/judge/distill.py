@@ -36,13 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from icl_search.judge.metrics import HIGH, LOW, agreement, auc  # noqa: F401  (re-exported)
-from icl_search.judge.records import (  # noqa: F401  (re-exported: the records' old home)
+from icl_search.judge.metrics import agreement
+from icl_search.judge.records import (
     OVERALL,
     DistillError,
     Record,
-    load_records,
-    reference_records,
     sha256_file,
 )
 from icl_search.judge.rubric import ALL_ASPECTS
@@ -319,12 +317,3 @@ def _write_atomically(model, manifest: dict[str, Any], out_dir: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def __getattr__(name: str):
-    # The backend moved to icl_search.judge.learned (it imports this module's trainer).
-    if name in ("DistilledBackend", "load_manifest"):
-        from icl_search.judge import learned
-
-        return getattr(learned, name)
-    raise AttributeError(name)

@@ -7,16 +7,11 @@ searches over them in rounds.
 
 from icl_search.propose.checks import LeakGuard, PreambleCheck, RestyleCheck, key_token_recall
 from icl_search.propose.preambles import Brief, Proposal, RoundProposals, propose_preambles
-from icl_search.propose.proposer import (
-    ProposeError,
-    Proposer,
-    ProposerSpec,
-    make_proposer,
-    parse_proposer_spec,
-)
+from icl_search.propose.proposer import Proposer, make_proposer
 from icl_search.propose.restyle import RestyleResult, restyle_pool
 from icl_search.propose.rounds import round_config, round_name, run_rounds
 from icl_search.propose.tables import proposals_table, rounds_table
+from icl_search.proposer_spec import ProposeError, ProposerSpec, parse_proposer_spec
 
 __all__ = [
     "Brief", "LeakGuard", "PreambleCheck", "Proposal", "ProposeError", "Proposer",

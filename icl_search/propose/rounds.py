@@ -36,16 +36,10 @@ from icl_search.propose.history import (
     original_trials,
     source_key,
 )
-from icl_search.propose.preambles import (
-    MANIFEST,
-    Proposal,
-    RoundProposals,
-    brief_from_studies,
-    propose_preambles,
-)
-from icl_search.propose.proposer import ProposeError, make_proposer
+from icl_search.propose.preambles import MANIFEST, brief_from_studies, propose_preambles
+from icl_search.propose.proposer import make_proposer
 from icl_search.propose.restyle import restyle_pool
-from icl_search.propose.tables import rounds_table
+from icl_search.proposer_spec import ProposeError
 
 ATTR = "propose"
 
@@ -123,8 +117,8 @@ def carry_history(study, cfg_r, candidates: list[str], earlier: list[Any], url: 
     """Copy the `earlier` round studies' finished trials into the round's `study`, once: under
     the ask lock, so of several workers one copies; a copy step killed half-way is finished on
     resume without copying a trial twice. Returns how many copies the study holds."""
-    from icl_search.study.runner import ask_lock
     from icl_search.study.space import baseline_params
+    from icl_search.study.storage import ask_lock
 
     if COPIED_ATTR in study.user_attrs:
         return study.user_attrs[COPIED_ATTR]
@@ -155,7 +149,7 @@ class RoundsSummary:
 
 def _store_round(study, cfg, r: int, build: Callable[[], dict[str, Any]], url: str
                  ) -> dict[str, Any]:
-    from icl_search.study.runner import ask_lock
+    from icl_search.study.storage import ask_lock
 
     if ATTR in study.user_attrs:
         return study.user_attrs[ATTR]
@@ -274,7 +268,7 @@ def run_rounds(cfg, *, engine=None, judge=None, say: Callable[[str], None] = pri
         done.append((cfg_r, study_r))
         summary.rounds.append({"round": r, "study": cfg_r.name, "finished": s.finished,
                                "pruned": s.pruned, "failed": s.failed, "copied": copied,
-                               "best": _best(study_r)})
+                               "best": best_of(study_r)})
     return summary
 
 
@@ -288,7 +282,7 @@ def _embedder(cfg):
     return embedder_for(cfg)
 
 
-def _best(study) -> dict[str, Any] | None:
+def best_of(study) -> dict[str, Any] | None:
     try:
         t = study.best_trials[0] if len(study.directions) > 1 else study.best_trial
     except ValueError:
@@ -312,7 +306,7 @@ def existing_rounds(cfg) -> list[tuple[Any, Any]]:
     """(round config, study) of every round already in the storage, in order."""
     import optuna
 
-    from icl_search.study.runner import make_storage
+    from icl_search.study.storage import make_storage
 
     storage = make_storage(cfg)
     names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
@@ -329,5 +323,4 @@ def existing_rounds(cfg) -> list[tuple[Any, Any]]:
     return out
 
 
-__all__ = ["Proposal", "RoundProposals", "round_config", "round_name", "rounds_table",
-           "run_rounds", "seeds_for"]
+__all__ = ["best_of", "round_config", "round_name", "run_rounds", "seeds_for"]

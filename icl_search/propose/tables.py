@@ -13,7 +13,7 @@ def _round_studies(cfg) -> list[Any]:
     import optuna
 
     from icl_search.propose.rounds import round_name
-    from icl_search.study.runner import make_storage
+    from icl_search.study.storage import make_storage
 
     storage = make_storage(cfg)
     names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
@@ -34,7 +34,7 @@ def rounds_table(cfg, studies: list[Any] | None = None) -> list[dict[str, Any]]:
     best so far), and where that trial's preamble came from (the round that proposed it, or 0
     for the config's own)."""
     from icl_search.propose.history import is_copy
-    from icl_search.propose.rounds import _best
+    from icl_search.propose.rounds import best_of
 
     studies = _round_studies(cfg) if studies is None else studies
     origin: dict[str, int] = {}
@@ -42,7 +42,7 @@ def rounds_table(cfg, studies: list[Any] | None = None) -> list[dict[str, Any]]:
     for r, study in enumerate(studies):
         for a in _accepted(study):
             origin[a["name"]] = r
-        best = _best(study)
+        best = best_of(study)
         system = best["system"] if best else None
         trials = study.get_trials(deepcopy=False)
         copied = sum(is_copy(t) for t in trials)

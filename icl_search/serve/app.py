@@ -13,11 +13,11 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from icl_search import __version__
 from icl_search.bundle import Bundle, SystemMode
 from icl_search.serve.protocol import APIError, ServingEngine
 from icl_search.serve.routes import router
 from icl_search.serve.state import ServerState
+from icl_search.version import __version__
 
 log = logging.getLogger("icl_search.serve")
 DOC_PATHS = ("/docs", "/redoc", "/openapi.json")

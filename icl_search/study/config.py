@@ -217,7 +217,7 @@ class ProposeSection(_Strict):
     @field_validator("spec")
     @classmethod
     def _spec(cls, v: str) -> str:
-        from icl_search.propose.proposer import ProposeError, parse_proposer_spec
+        from icl_search.proposer_spec import ProposeError, parse_proposer_spec
 
         try:
             parse_proposer_spec(v)

@@ -1,7 +1,8 @@
 """Running a study: ask a batch of trials, evaluate them together chunk by chunk (reporting
 per-query scores to the pruner), decide each trial's outcome (`decide`), tell, and keep every
 trial's artifacts. The study's other rooms: storage, locks and heartbeats (`storage`),
-artifacts (`artifacts`), building the evaluator (`build`), trial tables (`icl_search.report`).
+artifacts (`artifacts`), building the evaluator (`build`); trial tables live a floor up,
+in `icl_search.report`.
 
 Crash safety: trials in flight send heartbeats; a worker that dies leaves RUNNING trials that
 `fail_stale_trials` fails after the grace period, and `RetryHeartbeatStaleTrialCallback` re-enqueues
@@ -24,9 +25,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from icl_search.report import trials_frame  # the one home of trial tables
-from icl_search.study.artifacts import artifact_store, load_trial_records, save_artifacts
-from icl_search.study.build import build_evaluator
+from icl_search.study.artifacts import artifact_store, save_artifacts
 from icl_search.study.config import StudyConfig
 from icl_search.study.evaluate import Evaluator, TrialEvaluation
 from icl_search.study.space import baseline_params, suggest
@@ -35,18 +34,8 @@ from icl_search.study.storage import (
     StudyError,
     ask_lock,
     feedback_objectives,
-    load_study,
-    make_storage,
     open_study,
-    redact,
 )
-
-# re-exported: the study's public names as they were before the split into rooms
-__all__ = [
-    "RunSummary", "StudyError", "ask_lock", "build_evaluator", "decide", "ensure_baseline",
-    "feedback_objectives", "load_study", "load_trial_records", "make_storage", "open_study",
-    "redact", "requeue_references", "run_study", "trials_frame",
-]
 
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 BASELINE_ATTR = "baseline_enqueued"
