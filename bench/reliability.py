@@ -171,6 +171,11 @@ def _kill_inside_a_trial(proc: subprocess.Popen, started: datetime.datetime, rea
     t1 = time.time()
     while proc.poll() is None and time.time() - t1 < delay:
         time.sleep(0.01)
+    # then the next moment a trial of this run is RUNNING (trials of the tiny model can take
+    # under a second, so a fixed delay alone lands between trials or after the run)
+    while proc.poll() is None and seen_running and not mine_running() \
+            and time.time() - t1 < delay + 120:
+        time.sleep(0.01)
     if proc.poll() is not None:
         proc.wait()
         return "after the run ended", [], time.time() - t0
@@ -194,9 +199,9 @@ def probe_sqlite(tmp: Path, model: Path, kills: int, seed: int) -> dict[str, Any
     from tests.test_study import write_config
 
     rng = random.Random(seed)
-    # Each killed run finishes at most about one trial: the study is still running at the
-    # last kill, and the final run finishes what is left.
-    n_trials = kills + 6
+    # A killed run may finish a trial or two first: the study is still running at the last
+    # kill, and the final run finishes what is left.
+    n_trials = 2 * kills + 6
     path = write_config(tmp, model, name="rel", optuna=(
         f"heartbeat_seconds = 1\nbatch_trials = 1\nn_trials = {n_trials}\nchunk_size = 2\n"
         f'storage = "sqlite:///{tmp / "rel.db"}"'))
@@ -228,7 +233,7 @@ def probe_sqlite(tmp: Path, model: Path, kills: int, seed: int) -> dict[str, Any
         spans = [(t.datetime_complete - t.datetime_start).total_seconds()
                  for t in reader.trials() if t.state in done_states
                  and t.datetime_complete and t.datetime_start]
-        typical = statistics.median(spans) if spans else 10.0
+        typical = statistics.median(spans) if spans else 1.0
         fraction = rng.random()
         with (tmp / f"rel-run{k}.log").open("w") as fh:
             started = datetime.datetime.now()
