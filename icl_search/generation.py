@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from icl_search.engines.base import Completion, Engine, SamplingParams
+from icl_search.hygiene import Hygiene
 from icl_search.prompt import Budget, Fit, Template
 
 
@@ -27,9 +28,11 @@ class Answer:
     cached: bool = False
     error: str | None = None
     prompt: str | None = None
+    hygiene: Hygiene | None = None  # what cleaning cut, what is still wrong (None: no answer)
 
     def to_dict(self, with_prompt: bool = False) -> dict[str, Any]:
         d = asdict(self)
+        d["hygiene"] = self.hygiene.to_dict() if self.hygiene else None
         if not with_prompt:
             d.pop("prompt")
         return d
@@ -62,6 +65,7 @@ class Generated:
     fit: Fit
     completion: Completion | None = None
     answer: str | None = None
+    hygiene: Hygiene | None = None
 
 
 def generate_fitted(
@@ -75,7 +79,7 @@ def generate_fitted(
 ) -> list[Generated]:
     """Fit every job into the engine's window (examples dropped from the front), generate the
     prompts that fit in one engine call (stop strings: the template's unless `params` has
-    some) and clean the answers with the template."""
+    some) and clean the answers with the template, noting their hygiene."""
     params = template.sampling(params)
     budget = budget or Budget(engine.count_tokens, engine.context_window)
     out = [Generated(budget.fit(template, j.system, j.examples, j.query, params.max_tokens))
@@ -87,7 +91,8 @@ def generate_fitted(
         if timing is not None:
             timing.engine += time.perf_counter() - t0
         for g, c in zip(todo, completions, strict=True):
-            g.completion, g.answer = c, template.clean(c.text)
+            g.completion = c
+            g.answer, g.hygiene = template.hygiene(c.text, c.finish_reason)
     return out
 
 
@@ -135,7 +140,7 @@ def generate_answers(
                 q.id, q.query, g.answer, f.prompt_tokens, c.completion_tokens,
                 c.finish_reason, [_ex_id(e, len(f.dropped) + i) for i, e in enumerate(f.kept)],
                 [_ex_id(e, i) for i, e in enumerate(f.dropped)], c.cached, c.error,
-                f.prompt if keep_prompts else None,
+                f.prompt if keep_prompts else None, g.hygiene,
             ))
         if progress:
             progress(len(batch))

@@ -6,10 +6,13 @@ bundle and the server render the same prompt for the same inputs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol
+
+from icl_search.hygiene import MIN_LINE, NEAR_MARKERS, Cut, Hygiene, _loop_hold, find_loop
 
 
 class Shot(Protocol):
@@ -43,7 +46,43 @@ class Template:
     query_marker: str = "# Query:"
     answer_marker: str = "# Answer:"
     fence: str = "```"
-    stop: tuple[str, ...] = ("# Query", "# User")
+    # Extra stop strings. The template's own markers and their near variants (`# Question`,
+    # `# Instruction`... with the markers' heading prefix) are always added (`__post_init__`),
+    # so `stop` is the full list an engine gets.
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        merged = list(dict.fromkeys([*self.derived_stops(), *self.stop]))
+        object.__setattr__(self, "stop", tuple(merged))
+
+    def _heading(self) -> tuple[str, list[str]]:
+        """The markers' heading prefix ("# ") and role words ("Query", "Question", ...)."""
+        words = []
+        prefix = ""
+        for m in (self.query_marker, self.answer_marker):
+            head = re.match(r"^[^\w]*", m).group()
+            prefix = prefix or head
+            word = m[len(head):].rstrip(": ").strip()
+            if word:
+                words.append(word)
+        return prefix, list(dict.fromkeys(words + list(NEAR_MARKERS)))
+
+    def derived_stops(self) -> list[str]:
+        """Stop strings taken from the markers: the heading prefix with each role word
+        (`# Query`, `# Question`, `# Answer`, `# User`, `# Instruction`); a marker without a
+        heading prefix (`Q:`) stops only at the start of a line."""
+        prefix, words = self._heading()
+        if prefix.strip():
+            return [prefix + w for w in words]
+        return ["\n" + m.strip() for m in (self.query_marker, self.answer_marker) if m.strip()]
+
+    @property
+    def _role_line(self) -> re.Pattern:
+        """A line that opens a new turn: any heading level, any case, of a role word."""
+        prefix, words = self._heading()
+        head = re.escape(prefix.strip()[:1]) + "+" if prefix.strip() else ""
+        alt = "|".join(re.escape(w) for w in words)
+        return re.compile(rf"^[ \t]*{head}[ \t]*(?:{alt})\b", re.IGNORECASE | re.MULTILINE)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -99,34 +138,98 @@ class Template:
         return self.render(system, list(examples) + list(turns), query)
 
     # -- cleaning --------------------------------------------------------------------------
-    def clean(self, text: str) -> str:
-        """Cut at the first stop string, drop the answer block's own fence, trim.
+    def cut(self, text: str) -> Cut:
+        """Where the answer ends, and what was cut after it.
 
-        Fences inside the answer (code blocks) are kept: only an unbalanced trailing fence
-        (the one closing the answer block) and a leading fence are removed.
-        """
-        cut = len(text)
+        The answer ends at the first of: a stop string; a line opening a new turn (a role
+        heading such as `## Question:`); the answer block's closing fence, i.e. the first bare
+        fence line that leaves an odd count of fences (a fence with an info string, ```python,
+        opens a code block inside the answer; the fence after it closes that block). What
+        follows the end is leaked scaffolding when it is more than blank space. A repetition
+        loop is then cut back to its first occurrence. A leading fence and an unbalanced
+        trailing fence (the answer block's own) are dropped."""
+        f = self.fence
+        end = len(text)
         for s in self.stop:
             i = text.find(s)
             if i != -1:
-                cut = min(cut, i)
-        f = self.fence
-        # The answer block's own closing fence (the first fence that leaves an odd count, i.e.
-        # not one inside a code block of the answer) ends the answer when a new top-level
-        # heading follows it: base models go on with "# Explanation:" and the like.
-        pos = 0
-        while (i := text.find("\n" + f + "\n", pos, cut)) != -1:
-            end = i + len(f) + 2
-            if text[:i + 1 + len(f)].count(f) % 2 == 1 and text[end:].lstrip("\n").startswith("# "):
-                cut = i
-                break
-            pos = end - 1
-        out = text[:cut].strip()
+                end = min(end, i)
+        m = self._role_line.search(text, 0, end)
+        if m is not None:
+            end = m.start()
+        count, pos = 0, 0
+        for line in text[:end].splitlines(keepends=True):
+            bare = line.strip()
+            if bare.startswith(f) and not (pos == 0 and bare == f):  # a repeated opening fence
+                count += 1
+                if bare == f and count % 2 == 1:
+                    end = pos
+                    break
+            pos += len(line)
+        leaked = bool(text[end:].strip()) and text[end:].strip() != f
+        out = text[:end].strip()
         if out.startswith(f + "\n") or out == f:
             out = out[len(f):].lstrip("\n")
         if out.endswith(f) and out.count(f) % 2 == 1:
             out = out[: -len(f)].rstrip()
-        return out.strip()
+        loop = find_loop(out)
+        if loop is not None:
+            out = out[:loop].rstrip()
+        return Cut(out.strip(), leaked=leaked, loop=loop is not None)
+
+    def settled(self, raw: str) -> str:
+        """The part of `clean(raw + more)` that no continuation `more` can change (streaming).
+
+        Held back: a tail that may grow into a stop string; an unfinished last line that may
+        still become a fence, a role heading or a repeat of an earlier line; everything from
+        a line's second occurrence (a third would make a loop cut back to it); a repeating
+        phrase at the end (it may go on repeating); trailing whitespace."""
+        f = self.fence
+        if (f + "\n").startswith(raw.lstrip()):
+            return ""  # it may still become the answer block's opening fence
+        text = self.cut(raw).text
+        if not text:
+            return ""
+        start = raw.find(text)
+        hold = len(raw) - _partial_suffix(raw, self.stop)
+        line_start = raw.rfind("\n") + 1
+        last = raw[line_start:].strip()
+        earlier = [ln.strip() for ln in raw[:line_start].splitlines()]
+        if not last or f.startswith(last) or last.startswith((f, "#")) or \
+                any(len(e) >= MIN_LINE and e.startswith(last) for e in earlier):
+            hold = min(hold, line_start)
+        hold = min(hold, start + _loop_hold(text, partial=not raw[-1:].isspace()))
+        out = text[: max(0, hold - start)].rstrip()
+        # a trailing (partial) fence may be the answer block's closing one
+        cut = next((n for n in range(min(len(f), len(out)), 0, -1) if out.endswith(f[:n])), 0)
+        return out[: len(out) - cut].rstrip()
+
+    def clean(self, text: str) -> str:
+        """The answer without what follows its end (`cut`)."""
+        return self.cut(text).text
+
+    def hygiene(self, text: str | None, finish_reason: str | None = None) -> tuple[str | None,
+                                                                                 Hygiene | None]:
+        """The cleaned answer and its `Hygiene` (None, None for a failed generation)."""
+        if text is None:
+            return None, None
+        c = self.cut(text)
+        residual = self._role_line.search(c.text) is not None or find_loop(c.text) is not None
+        odd = sum(ln.strip().startswith(self.fence) for ln in c.text.splitlines()) % 2
+        return c.text, Hygiene(leaked=int(c.leaked), unbalanced=odd, loop=int(c.loop),
+                               max_tokens=int(finish_reason == "length"),
+                               residual=int(residual))
+
+
+def _partial_suffix(text: str, markers: Sequence[str]) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of a marker."""
+    best = 0
+    for m in markers:
+        for n in range(min(len(m) - 1, len(text)), best, -1):
+            if text.endswith(m[:n]):
+                best = n
+                break
+    return best
 
 
 DEFAULT_TEMPLATE = Template()

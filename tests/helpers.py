@@ -114,3 +114,40 @@ class FakeJudge:
             out.append(ItemJudgement(it.id, it.category,
                                      {a: float(1 + n % 5) for a in aspects}, length_words=n))
         return JudgeResult(out, self.id)
+
+
+class ScriptedEngine(FakeEngine):
+    """A `FakeEngine` whose completions are given texts, in turn (the shapes a base model
+    produces past its answer: notes after the closing fence, invented turns, loops)."""
+
+    def __init__(self, texts: Sequence[str], context_window: int = 4096):
+        super().__init__(context_window)
+        self.texts = list(texts)
+
+    def generate(self, prompts: Sequence[str], params: SamplingParams, *,
+                 progress: bool = False) -> list[Completion]:
+        self.calls += 1
+        out = []
+        for _ in prompts:
+            text = self.texts[self.prompts % len(self.texts)]
+            self.prompts += 1
+            n = self.count_tokens(text)
+            out.append(Completion(text, 10, n, "length" if n >= params.max_tokens else "stop"))
+        return out
+
+
+def confirm_config(tmp: Path, model: Path, name: str, **sections: str) -> Path:
+    """`write_config` with a confirm split (10 queries, not confirmed after the run), the URIAL
+    file as a second baseline and fixed example sets only (no index needed)."""
+    from tests.conftest import SHARED_DATA
+
+    sections.setdefault("optuna", "n_trials = 3")
+    sections["search"] = 'strategies = ["fixed"]\n' + sections.get("search", "")
+    path = write_config(tmp, model, name=name, **sections)
+    path.write_text(path.read_text().replace(
+        "limit = 6", "limit = 6\nconfirm_fraction = 0.3\nconfirm_limit = 10\n"
+        "confirm_after_run = false").replace(
+        'example_ids = ["factual-001", "advice-001"]',
+        f'example_ids = ["factual-001", "advice-001"]\n'
+        f'urial = "{SHARED_DATA / "urial" / "inst_1k.txt"}"'))
+    return path

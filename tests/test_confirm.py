@@ -347,6 +347,9 @@ def test_alignment_splits_avoid_the_judges_training_queries_and_refuse_when_too_
     all_ids = [r["id"] for rows in splits.values() for r in rows]
     assert len(all_ids) == len(set(all_ids))  # disjoint
     assert info["drawn"]["test"] == {"regular": 30, "safety": 10}
+    # AlpacaEval rows carry GPT-4-turbo's reference answer: the audit judge's (refsim) anchor
+    ae = [r for rows in splits.values() for r in rows if r["id"].startswith("ae-")]
+    assert ae and all(r["reference"] for r in ae)
     assert bench.draw_queries(n, 0.25, ids, texts)[0] == splits  # deterministic
     # only ~40 held-out safety queries exist: asking for more is refused, naming the shortfall
     with pytest.raises(SystemExit, match="just-eval safety needs 100, has 39"):

@@ -217,7 +217,11 @@ def test_length_controlled_removes_the_length_effect():
 
 # -- spec grammar ------------------------------------------------------------------------------
 @pytest.mark.parametrize("spec,kind,rest", [
-    ("default", "reward", "default"),
+    ("default", "anchored", "default"),
+    ("reward:default", "reward", "default"),
+    ("anchored:/judges/a", "anchored", "/judges/a"),
+    ("refsim", "refsim", "default"),
+    ("refsim:/models/minilm", "refsim", "/models/minilm"),
     ("reward:/judges/r", "reward", "/judges/r"),
     ("vllm:/models/x", "logprob", "vllm:/models/x"),
     ("logprob:vllm:default", "logprob", "vllm:default"),

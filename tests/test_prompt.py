@@ -82,3 +82,76 @@ def test_budget_fails_a_query_that_cannot_fit():
     assert "exceeds the context window of 30 tokens" in fit.error
     assert Budget(count, 30).fit(Template(), "", [], "q", max_tokens=30).error.startswith(
         "max_tokens=30 leaves no room")
+
+
+# -- the answer's end and its hygiene (issue 24: the shapes a base model produced) ----------
+NOTE = "Paris is the capital of France.\n```\n\n**Note:** I am an AI and may be wrong.\n"
+INVENTED = ("Paris.\n```\n\n# Question:\n```\nAnd Spain?\n```\n\n# Answer:\n```\nMadrid.\n```\n")
+LOOP = "Drink water. " + "I am not a doctor. " * 9 + "I am not"
+
+
+def test_the_answer_ends_at_its_closing_fence_without_a_heading_after_it():
+    t = Template()
+    assert t.clean(NOTE) == "Paris is the capital of France."
+    _, h = t.hygiene(NOTE, "length")
+    assert h.leaked == 1 and h.max_tokens == 1 and not h.fails
+    # an invented exchange, with or without the closing fence before it
+    assert t.clean(INVENTED) == "Paris."
+    assert t.clean("Paris.\n\n## question: and Spain?\nMadrid.") == "Paris."
+    # a code block inside the answer is kept: its closing fence leaves an even count
+    code = "Run:\n```bash\nls\n```\nDone.\n```\n\n**Note:** x"
+    assert t.clean(code) == "Run:\n```bash\nls\n```\nDone."
+    assert t.hygiene(code)[1].leaked == 1
+    # a clean stop (blank space after the fence) is no leak
+    _, h = t.hygiene("Fine.\n```\n\n", "stop")
+    assert h == type(h)()
+
+
+def test_stop_strings_are_the_templates_markers_and_their_near_variants():
+    t = Template()
+    assert set(t.stop) == {"# Query", "# Answer", "# Question", "# User", "# Instruction"}
+    other = Template(query_marker="### Human:", answer_marker="### Bot:")
+    assert {"### Human", "### Bot", "### Question", "### Instruction"} <= set(other.stop)
+    assert other.clean("Hi.\n\n### Human: more") == "Hi."
+    # old bundles stored only two stop strings: the variants are added on load
+    old = Template.from_dict({"stop": ["# Query", "# User"]})
+    assert old == t and Template.from_dict(t.to_dict()) == t
+    # a marker without a heading prefix stops only at a line start
+    bare = Template(query_marker="Q:", answer_marker="A:")
+    assert set(bare.stop) == {"\nQ:", "\nA:"}
+
+
+def test_a_repetition_loop_is_cut_back_to_its_first_occurrence():
+    t = Template()
+    text, h = t.hygiene(LOOP, "length")
+    assert text == "Drink water. I am not a doctor." and h.loop == 1 and not h.fails
+    lines = "Steps:\n" + "- Mix the flour and the water.\n" * 5 + "- Mix the"
+    assert t.clean(lines) == "Steps:\n- Mix the flour and the water."
+    assert t.clean("no no no no no no no no no no") == "no"
+    # repeated short list markers, and a word said twice, are not loops
+    ok = "Two steps: first, rinse; second, rinse again.\n- a\n- a\n- a"
+    assert t.hygiene(ok)[1].loop == 0
+
+
+def test_an_answer_still_broken_after_cleaning_fails_hygiene():
+    t = Template()
+    text, h = t.hygiene("Use:\n```python\nprint(1)", "length")  # a code block never closed
+    assert text == "Use:\n```python\nprint(1)" and h.unbalanced == 1 and h.fails
+    assert t.hygiene(None, "error") == (None, None)
+
+
+def test_settled_text_is_never_taken_back_by_the_final_cleaning():
+    # streaming (serve) sends `settled` as it grows: the issue's shapes in random pieces
+    import random
+
+    pieces = ["```", "\n", " ", "# Question:", "# Qu", "## question", "**Note:** ", "abc",
+              "I am a doctor. ", "I am ", "Same line again here\n", "```python\n", "x y"]
+    t = Template()
+    rng = random.Random(1)
+    for _ in range(3000):
+        raw = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        final = t.clean(raw)
+        for i in range(len(raw) + 1):
+            assert final.startswith(t.settled(raw[:i])), (raw, i)
+    assert t.settled("Hello there") == "Hello there"
+    assert t.settled("Hello\nI am a doctor. I am a doctor.") == "Hello\nI am a doctor."

@@ -88,6 +88,7 @@ from icl_search.cli import generate as _generate  # noqa: F401
 from icl_search.cli import select as _select  # noqa: F401
 from icl_search.cli import pool as _pool  # noqa: F401
 from icl_search.cli import judge as _judge  # noqa: F401
+from icl_search.cli import references as _references  # noqa: F401
 from icl_search.cli import study as _study  # noqa: F401
 from icl_search.cli import serve as _serve  # noqa: F401
 from icl_search.cli import export as _export  # noqa: F401

@@ -18,6 +18,8 @@ EXAMPLES: dict[str, str] = {
     "pool stats": "icl-search pool stats pools/default.jsonl",
     "pool bootstrap": ("icl-search pool bootstrap --bundle runs/demo/bundle.json --queries q.jsonl"
                        " --pool pools/default.jsonl -o pools/grown.jsonl --threshold 3.5"),
+    "references build": ("icl-search references build queries.jsonl --engine "
+                         "openai:http://127.0.0.1:8000/v1 -o queries.ref.jsonl"),
     "judge prepare": "icl-search judge prepare --data ../shared/data",
     "judge score": "icl-search judge score answers.jsonl -o scores.parquet --judge default",
     "judge calibrate": "icl-search judge calibrate --judge default --queries 40",

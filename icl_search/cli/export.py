@@ -112,3 +112,20 @@ def export(
                       highlight=False, soft_wrap=True)
     if sc.confirm is not None:
         err.print(sc.confirm.verdict, highlight=False)
+    _say_judges(st, b, trial, search_best)
+
+
+def _say_judges(st, bundle, trial: int | None, search_best: bool) -> None:
+    """The judges side by side and, when the confirmation kept the baseline, one line saying
+    so (with the way to export the search's best anyway)."""
+    from icl_search.study.confirm import summarize
+    from icl_search.study.confirm_md import gain_lines
+
+    s = summarize(st)
+    if s is None:
+        return
+    err.print("\n".join(gain_lines(s)), highlight=False, soft_wrap=True)
+    if trial is None and not search_best and not s.beat_baseline:
+        err.print(f"export kept the baseline (trial {bundle.provenance.trial}): no trial is "
+                  "confirmed by every judge; --search-best or --trial N exports another",
+                  highlight=False, soft_wrap=True)

@@ -17,8 +17,10 @@ judge_app = typer.Typer(help="Score answers with the LLM judge; measure its agre
 app.add_typer(judge_app, name="judge")
 err = Console(stderr=True)
 
-JUDGE_HELP = ("Judge spec: 'default' (the learned reward judge, prepared once), "
-              "'reward:DIR', 'distilled:DIR', 'logprob:vllm:MODEL', 'sample:vllm:MODEL', "
+JUDGE_HELP = ("Judge spec: 'default' (the reference-anchored judge, prepared once; rows "
+              "without a 'reference' get its reference-free part), 'reward:default' (the "
+              "old default, no reference), 'refsim' (similarity to the row's 'reference'), "
+              "'anchored:DIR', 'reward:DIR', 'distilled:DIR', 'logprob:vllm:MODEL', 'sample:vllm:MODEL', "
               "'openai:http://host:port/v1' (completions + logprobs), "
               "'dspy:openai/NAME' or 'dspy:openai/NAME@http://host:port/v1' (chat, JSON "
               "rubric; key from ICL_SEARCH_JUDGE_API_KEY or OPENAI_API_KEY).")
@@ -60,31 +62,45 @@ def prepare_cmd(
     data: Path | None = typer.Option(None, "--data", help="Reference data folder (alpaca-eval/ "
                                      "and just-eval/; default $ICL_SEARCH_DATA, else "
                                      "../shared/data beside the repository)."),
+    kind: str = typer.Option("anchored", "--kind", help="anchored: the default judge "
+                             "(`--judge default`); reward: the reward judge alone "
+                             "(`reward:default`, the old default)."),
     force: bool = typer.Option(False, "--force", help="Train again even if prepared."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
     overrides: list[str] = typer.Option([], "--set", metavar="FIELD=VALUE", help="Override "
-                                        "one field of the shipped recipe (repeatable), e.g. "
-                                        "--set seed=1 --set length_covariate=false. Fields: "
-                                        "base, max_length, query_tokens, tail_share, "
+                                        "one field of the shipped reward recipe (repeatable), "
+                                        "e.g. --set seed=1 --set length_covariate=false. "
+                                        "Fields: base, max_length, query_tokens, tail_share, "
                                         "group_size, steps, learning_rate, freeze_layers, "
                                         "length_covariate, safety_share, pair_margin, seed. "
                                         "Another recipe is another folder (its key)."),
 ) -> None:
-    """Prepare the default judge (`--judge default`): train the reward judge once from the
-    reference data (about 10-15 minutes on 2 cores) into $ICL_SEARCH_HOME/judges/; a no-op when
-    it is already prepared. Prints its judge spec, `reward:DIR` (with --set: the spec of that
-    recipe's judge; `--judge default` stays the shipped recipe)."""
+    """Prepare the default judge (`--judge default`) once from the reference data into
+    $ICL_SEARCH_HOME/judges/: its reward head trained on GPT-4-turbo's within-query
+    preferences and just-eval's safety verdicts, its weights fitted on other training queries
+    (a few minutes on 2 cores); a no-op when it is already prepared. Prints its judge spec,
+    `anchored:DIR` (with --kind reward: `reward:DIR`; with --set: that recipe's judge, while
+    `--judge default` stays the shipped recipe)."""
     from icl_search.errors import IclSearchError
-    from icl_search.judge.prepare import DEFAULT_RECIPE, prepare_default
+    from icl_search.judge.prepare import DEFAULT_RECIPE, prepare_anchored, prepare_default
     from icl_search.judge.reward import recipe_with
 
+    if kind not in ("anchored", "reward"):
+        fail(f"--kind {kind!r}: expected anchored or reward")
     try:
         recipe = recipe_with(overrides, DEFAULT_RECIPE)
-        path = prepare_default(data, recipe=recipe, force=force, threads=threads,
-                               say=lambda m: err.print(m, highlight=False))
+        if kind == "reward":
+            path = prepare_default(data, recipe=recipe, force=force, threads=threads, say=_say)
+        else:
+            path = prepare_anchored(data, reward=recipe, force=force, threads=threads,
+                                    say=_say)
     except IclSearchError as exc:
         fail(str(exc))
-    typer.echo(f"reward:{path}")
+    typer.echo(f"{kind}:{path}")
+
+
+def _say(message: str) -> None:
+    err.print(message, highlight=False)
 
 
 def _check_spec(spec: str) -> None:
@@ -181,6 +197,9 @@ def score(
     _out().print(summary_table(result, f"judge {result.judge_id}"))
     err.print(f"wrote {len(result.items)} rows to {out} ({result.cache_hits} from cache)",
               highlight=False)
+    if result.reference_free:
+        err.print(f"{result.reference_free} rows had no 'reference': scored by the judge's "
+                  "reference-free part", highlight=False)
     if min_coverage is not None:
         try:
             result.require_coverage(min_coverage)
@@ -270,15 +289,21 @@ def calibrate(
 def preference_table(rows: list[dict[str, Any]], title: str = "judges on held-out queries"
                      ) -> Table:
     """One row per judge: the figures of `calibrate_preferences`."""
-    t = Table("judge", "queries", "matched pairs", "agree (matched)", "longer", "agree (all)",
-              "longer", "system rho", "NullModel rank", "safety AUC", "items/s", title=title,
+    t = Table("judge", "queries", "matched (words)", "longer", "matched (chars)", "longer",
+              "agree (all)", "longer", "system rho", "NullModel rank", "safety AUC",
+              "items/s", title=title,
               caption="agreement with GPT-4-turbo on within-query pairs (chance 0.50); "
-                      "matched = lengths within 1.25x, preferences >= 0.3 apart; system rho = "
-                      "Spearman of mean score vs AlpacaEval LC win rate (23 models); NullModel "
-                      "rank among all systems, 1 = best")
+                      "matched = lengths (words, or characters) within 1.25x, preferences "
+                      ">= 0.3 apart, pair counts in brackets; system rho = Spearman of mean "
+                      "score vs AlpacaEval LC win rate (23 models); NullModel rank among all "
+                      "systems, 1 = best")
     for f in rows:
-        t.add_row(f["judge"], str(f["queries"]), str(f["matched_pairs"]),
-                  _fmt(f["agreement_matched"], 3), _fmt(f["longer_matched"], 3),
+        t.add_row(f["judge"], str(f["queries"]),
+                  f"{_fmt(f['agreement_matched'], 3)} ({f['matched_pairs']})",
+                  _fmt(f["longer_matched"], 3),
+                  f"{_fmt(f.get('agreement_matched_chars'), 3)} "
+                  f"({f.get('matched_pairs_chars', '-')})",
+                  _fmt(f.get("longer_matched_chars"), 3),
                   _fmt(f["agreement_all"], 3), _fmt(f["longer_all"], 3),
                   _fmt(f["system_spearman"], 3),
                   f"{f['null_rank']}/{f['systems']}" if f.get("null_rank") else "-",

@@ -150,7 +150,8 @@ def confirm_cmd(
     p-value, shrinkage. Results are stored in the study: a rerun pays only for what is missing."""
     from icl_search.errors import IclSearchError
     from icl_search.study import build_evaluator, load_study
-    from icl_search.study.confirm import ConfirmError, confirm, table_lines
+    from icl_search.study.confirm import ConfirmError, answer_files, confirm
+    from icl_search.study.confirm_md import table_lines, verdict_lines
 
     cfg = _config(config, **{"optuna.storage": storage})
     if not cfg.eval.has_confirm:
@@ -171,7 +172,11 @@ def confirm_cmd(
     st = s.stats
     say(f"confirmed {len(s.rows)} candidates on {s.n_queries} queries ({s.evaluated} evaluated "
         f"now, the rest stored); generations {st['generated']} ({st['gen_cached']} cached)")
-    typer.echo("\n".join(table_lines(s) + ["", s.sentence()]))
+    files = answer_files(cfg, study)
+    if files:
+        say(f"confirm answers (id, query, answer JSONL per context): "
+            f"{next(iter(files.values())).parent}")
+    typer.echo("\n".join(table_lines(s) + ["", *verdict_lines(s)]))
 
 
 @study_app.command("validate")
@@ -313,3 +318,9 @@ def report(
     paths = write_report(cfg, study, out)
     for p in paths:
         typer.echo(str(p))
+    from icl_search.study.confirm import summarize
+    from icl_search.study.confirm_md import gain_lines, verdict_lines
+
+    s = summarize(study)
+    if s is not None:  # the judges side by side, and the verdict the report names
+        typer.echo("\n".join(["", *gain_lines(s), "", *verdict_lines(s)]))

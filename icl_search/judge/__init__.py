@@ -19,7 +19,9 @@ from icl_search.judge.judge import (
     DEFAULT_JUDGE,
     Judge,
     make_judge,
+    needs_reference,
     parse_judge_spec,
+    require_references,
     score,
     to_item,
 )
@@ -67,9 +69,11 @@ __all__ = [
     "length_controlled",
     "load_records",
     "make_judge",
+    "needs_reference",
     "parse_judge_spec",
     "parse_judgement",
     "reference_records",
+    "require_references",
     "score",
     "to_item",
 ]

@@ -88,6 +88,7 @@ class Group:
     query: str
     kind: str
     answers: tuple[Answer, ...]
+    reference: str | None = None  # AlpacaEval's `reference_output`, the answer judged against
 
 
 def _answer(system: str, text: str, pref: float) -> Answer:
@@ -96,16 +97,20 @@ def _answer(system: str, text: str, pref: float) -> Answer:
 
 def load_alpaca(root: str | os.PathLike | None = None) -> list[Group]:
     """AlpacaEval groups: one per instruction, the annotated models' answers with their
-    preference (1 = the reference answer is better, 2 = this answer is better)."""
+    preference (1 = the reference answer is better, 2 = this answer is better), and the
+    reference answer they were judged against."""
     root = data_dir(root)
     require_files(root, ALPACA_FILES)
     base = root / "alpaca-eval"
     queries: dict[str, str] = {}
+    references: dict[str, str | None] = {}
     for lineno, row in read_jsonl_objects(base / "instructions.dev.jsonl", DataError):
         if "id" not in row or "instruction" not in row:
             raise DataError(f"{base / 'instructions.dev.jsonl'}:{lineno}: needs 'id' and "
                             "'instruction'")
         queries[str(row["id"])] = str(row["instruction"])
+        ref = row.get("reference_output")
+        references[str(row["id"])] = ref if isinstance(ref, str) and ref.strip() else None
     answers: dict[str, list[Answer]] = {}
     files = sorted((base / "annotations").glob("*.jsonl"))
     if not files:
@@ -122,7 +127,7 @@ def load_alpaca(root: str | os.PathLike | None = None) -> list[Group]:
                 raise DataError(f"{f}:{lineno}: id {ident} is not in instructions.dev.jsonl")
             system = str(row.get("generator") or f.name.removesuffix(".dev.jsonl"))
             answers.setdefault(ident, []).append(_answer(system, row["output"], pref))
-    return [Group(i, queries[i], "alpaca", tuple(a)) for i, a in sorted(
+    return [Group(i, queries[i], "alpaca", tuple(a), references[i]) for i, a in sorted(
         answers.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else kv[0])]
 
 
@@ -180,11 +185,19 @@ class Pair:
     matched: bool
 
 
+#: How an answer's length is counted for the length-matched subset.
+LENGTH_UNITS = ("words", "chars")
+
+
 def within_query_pairs(groups: Sequence[Group], *, min_margin: float = MATCH_MARGIN,
-                       skip_systems: Iterable[str] = (NULL_MODEL,)) -> list[Pair]:
+                       skip_systems: Iterable[str] = (NULL_MODEL,), by: str = "words"
+                       ) -> list[Pair]:
     """Every pair of answers to one query whose reference preferences differ by at least
     `min_margin` (0.3, as for the length-matched subset: "longer" agrees on ~0.82 of these
-    and ~0.58 of the matched ones); `matched` marks the length-matched subset."""
+    and ~0.58 of the matched ones); `matched` marks the length-matched subset, lengths
+    counted `by` words (as `judge calibrate` counts) or characters."""
+    if by not in LENGTH_UNITS:
+        raise ValueError(f"by={by!r}: expected one of {', '.join(LENGTH_UNITS)}")
     skip = set(skip_systems)
     out = []
     for g in groups:
@@ -196,7 +209,8 @@ def within_query_pairs(groups: Sequence[Group], *, min_margin: float = MATCH_MAR
                 if d == 0 or abs(d) < min_margin:  # a near-tie says nothing
                     continue
                 hi, lo = (i, j) if d > 0 else (j, i)
-                wa, wb = max(ai.words, 1), max(aj.words, 1)
+                wa, wb = (max(ai.words, 1), max(aj.words, 1)) if by == "words" else \
+                    (max(len(ai.text), 1), max(len(aj.text), 1))
                 matched = max(wa, wb) / min(wa, wb) <= MATCH_RATIO and abs(d) >= MATCH_MARGIN
                 out.append(Pair(g.id, hi, lo, abs(d), matched))
     return out

@@ -2,16 +2,23 @@
 
 Spec grammar (one string, as in a study config's `judge = "..."`)::
 
-    default                               the embedded default: the learned reward judge,
-                                          prepared once from the reference data (see
-                                          `icl_search.judge.prepare`; `icl-search judge prepare`)
+    default                               the embedded default, `anchored:default`: the
+                                          reference-anchored judge, prepared once from the
+                                          reference data (`icl-search judge prepare`)
+    anchored:<dir>                        an anchored judge folder (`icl_search.judge.anchored`:
+                                          a learned reward score and cosine(answer, the row's
+                                          `reference`), weights fitted on GPT-4-turbo's pairs)
     logprob:<engine spec>                 local completion model; per aspect, the expected score
                                           over the next tokens "1".."5" (top-20 logprobs)
     sample:<engine spec>                  the same prompts, one sampled score token (baseline)
     vllm:<model> | openai:<url>[#model]   shorthand for logprob:vllm:... / logprob:openai:...
     dspy:<provider>/<model>[@<api_base>]  a chat model through dspy.LM, answering the JSON rubric
     distilled:<dir>                       a cross-encoder trained by `icl-search judge distill`
-    reward:<dir>                          a reward judge folder (`icl-search judge prepare`)
+    reward:<dir>                          a reward judge folder; `reward:default` is the old
+                                          default (the reward judge alone, no reference)
+    refsim[:<embedder>]                   cosine(answer, the row's `reference` answer) with the
+                                          project's embedder (packaged MiniLM by default); a row
+                                          without a reference is missing, not scored
 
 `<engine spec>` is anything `icl_search.engines.make_engine` accepts (`vllm:default`,
 `vllm:/path/to/hf-model`, `openai:http://host:8000/v1`). For `dspy:` the model string is
@@ -38,16 +45,20 @@ from icl_search.judge.result import (  # noqa: F401  (RESPONSE_FIELDS, to_item: 
 )
 from icl_search.judge.rubric import RubricSet
 
-#: The judge used when none is named: the learned reward judge (a MiniLM cross-encoder trained
-#: on GPT-4-turbo's within-query preferences with length partialled out, and on just-eval's
-#: safety verdicts; figures in the README). The Gemma 3 270M logprob judge, the default before
-#: it, is `logprob:vllm:default`.
-DEFAULT_JUDGE = "reward:default"
+#: The judge used when none is named: the reference-anchored judge (`icl_search.judge.anchored`:
+#: the learned reward score and the answer's similarity to the row's reference answer, combined
+#: by a Bradley-Terry fit on GPT-4-turbo's within-query preferences; a row without a reference
+#: gets the reference-free part, a safety row the safety head). The defaults before it remain
+#: reachable by name: `reward:default` (the reward judge alone) and `logprob:vllm:default`.
+DEFAULT_JUDGE = "anchored:default"
 #: A judge needs the response plus a few-shot rubric, not a whole study context.
 DEFAULT_JUDGE_MAX_MODEL_LEN = 4096
 API_KEY_ENV = "ICL_SEARCH_JUDGE_API_KEY"
 NO_RESPONSE = "no-response: the item has no response text (failed generation)"
-_KINDS = ("default", "logprob", "sample", "vllm", "openai", "dspy", "distilled", "reward")
+_KINDS = ("default", "logprob", "sample", "vllm", "openai", "dspy", "distilled", "reward",
+          "anchored", "refsim")
+#: Judge kinds that cannot score a row without a `reference` answer.
+REFERENCE_KINDS = ("refsim",)
 
 
 def parse_judge_spec(spec: str) -> tuple[str, str]:
@@ -65,13 +76,35 @@ def parse_judge_spec(spec: str) -> tuple[str, str]:
         return kind, rest
     if kind == "dspy" and sep and "/" in rest.split("@", 1)[0]:
         return "dspy", rest
-    if kind in ("distilled", "reward") and sep and rest:
+    if kind in ("distilled", "reward", "anchored") and sep and rest:
         return kind, rest
+    if kind == "refsim" and (not sep or rest):
+        return kind, rest or "default"
     raise JudgeError(
         f"judge spec {spec!r} is not understood; accepted: 'default', 'logprob:<engine>', "
         "'sample:<engine>', 'vllm:<model>', 'openai:<url>', "
         "'dspy:<provider>/<model>[@<api_base>]' (e.g. 'dspy:openai/gpt-4o-mini'), "
-        "'distilled:<dir>', 'reward:<dir>'")
+        "'distilled:<dir>', 'reward:<dir>', 'anchored:<dir>', 'refsim[:<embedder>]'")
+
+
+def needs_reference(spec: str) -> bool:
+    """True when the judge `spec` names cannot score a row without a `reference` answer."""
+    return parse_judge_spec(spec)[0] in REFERENCE_KINDS
+
+
+def require_references(spec: str, queries, path, field: str = "") -> None:
+    """Before any model loads: a JudgeError naming `path` when the judge `spec` needs
+    references and some of `queries` (rows with `.reference`) have none."""
+    if not needs_reference(spec):
+        return
+    lacking = [q for q in queries if getattr(q, "reference", None) is None]
+    if lacking:
+        raise JudgeError(
+            f"{path}: {len(lacking)} of {len(queries)} queries have no 'reference' answer "
+            f"(first: id {lacking[0].id!r}), but the judge {spec!r}{f' ({field})' if field else ''} "
+            "scores an answer by its "
+            "similarity to the row's reference; add references (`icl-search references "
+            "build`) or choose a judge that needs none")
 
 
 class Judge:
@@ -98,8 +131,11 @@ class Judge:
     def _key(self, item: JudgeItem) -> str:
         from icl_search.cache import cache_key
 
-        return cache_key("judge", self.id, self.rubrics.for_category(item.category).version,
-                         item.query, item.response)
+        parts = ["judge", self.id, self.rubrics.for_category(item.category).version,
+                 item.query, item.response]
+        if getattr(self.backend, "uses_reference", False):
+            parts.append(item.reference)  # a judge that ignores it keeps its old keys
+        return cache_key(*parts)
 
     def score(self, items: Iterable[JudgeItem | Mapping[str, Any]], *, progress: bool = False,
               min_coverage: float | None = None) -> JudgeResult:
@@ -178,6 +214,19 @@ def make_judge(spec: str = "default", *, engine=None, cache=None,
             rest = str(prepare_default(opts.get("data"), say=opts.get("say", _say)))
         backend = RewardBackend(rest, **{k: v for k, v in opts.items()
                                    if k in ("batch_size", "threads")})
+    elif kind == "anchored":
+        from icl_search.judge.learned import AnchoredBackend
+
+        if rest == "default":
+            from icl_search.judge.prepare import prepare_anchored
+
+            rest = str(prepare_anchored(opts.get("data"), say=opts.get("say", _say)))
+        backend = AnchoredBackend(rest, **{k: v for k, v in opts.items()
+                                     if k in ("batch_size", "threads")})
+    elif kind == "refsim":
+        from icl_search.judge.refsim import RefSimBackend
+
+        backend = RefSimBackend(rest, threads=opts.get("threads"))
     elif kind in ("logprob", "sample"):
         if engine is None:
             from icl_search.engines import make_engine

@@ -60,20 +60,27 @@ def agreement(predicted: Sequence[float], reference: Sequence[float]) -> dict[st
 
 def preference_figures(groups: Sequence[Group], scores: dict[str, np.ndarray], *,
                        lc_winrate: dict[str, float] | None = None) -> dict[str, Any]:
-    """Pair agreement (all pairs with preferences >= 0.3 apart, and the length-matched ones),
+    """Pair agreement (all pairs with preferences >= 0.3 apart, and the length-matched ones,
+    lengths counted by words and, in the `_chars` keys, by characters),
     the "longer" rule on the same pairs, system Spearman against LC win rates (the 23 models,
     NullModel left out), and NullModel's rank among all systems (1 = best)."""
     from scipy.stats import spearmanr
 
     pairs = within_query_pairs(groups)
     matched = [p for p in pairs if p.matched]
+    matched_c = [p for p in within_query_pairs(groups, by="chars") if p.matched]
     longer = longer_scores(groups)
     out: dict[str, Any] = {
         "queries": len(groups), "pairs": len(pairs), "matched_pairs": len(matched),
         "agreement_all": pair_agreement(groups, scores, pairs),
         "agreement_matched": pair_agreement(groups, scores, matched),
         "longer_all": pair_agreement(groups, longer, pairs),
-        "longer_matched": pair_agreement(groups, longer, matched), "chance": 0.5,
+        "longer_matched": pair_agreement(groups, longer, matched),
+        "matched_pairs_chars": len(matched_c),
+        "agreement_matched_chars": pair_agreement(groups, scores, matched_c),
+        "longer_matched_chars": pair_agreement(
+            groups, {g.id: np.array([len(a.text) for a in g.answers], float) for g in groups},
+            matched_c), "chance": 0.5,
         "system_spearman": None, "null_rank": None, "systems": 0}
     per_system: dict[str, list[float]] = {}
     for g in groups:
@@ -123,7 +130,8 @@ def calibrate_preferences(judge, data: str | os.PathLike | None = None, *, queri
     _, held_a, held_s = split_groups(root)
     held_a = held_a[:queries] if queries else held_a
     held_s = held_s[:safety_queries] if safety_queries else held_s
-    items = [JudgeItem(f"a{g.id}/{i}", g.query, a.text, "regular")
+    # AlpacaEval's reference answer rides along: reference-anchored judges read it
+    items = [JudgeItem(f"a{g.id}/{i}", g.query, a.text, "regular", g.reference)
              for g in held_a for i, a in enumerate(g.answers)]
     items += [JudgeItem(f"s{g.id}/{i}", g.query, a.text, "safety")
               for g in held_s for i, a in enumerate(g.answers)]
@@ -143,8 +151,10 @@ def calibrate_preferences(judge, data: str | os.PathLike | None = None, *, queri
         scores_s[g.id] = np.nan_to_num(np.array(flat[k:k + len(g.answers)]), nan=-1e9)
         k += len(g.answers)
     out = preference_figures(held_a, scores_a, lc_winrate=load_lc_winrate(root))
+    scored_s = any(np.any(v > -1e9) for v in scores_s.values())  # refsim scores none
     out.update(judge=judge.id, data=str(root), safety_queries=len(held_s),
-               safety_auc=safety_auc(held_s, scores_s), items=len(items),
+               safety_auc=safety_auc(held_s, scores_s) if scored_s else None, items=len(items),
+               reference_free=result.reference_free,
                unscored=int(sum(math.isnan(x) for x in flat)),
                seconds=round(seconds, 1), items_judged=fresh,
                items_per_s=round(fresh / seconds, 2) if fresh and seconds > 0 else None)

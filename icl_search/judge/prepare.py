@@ -94,7 +94,7 @@ def _file_list(folder: Path) -> dict[str, int]:
             if f.is_file() and f.name != MARKER}
 
 
-def is_complete(folder: Path) -> bool:
+def is_complete(folder: Path, manifest: str = MANIFEST) -> bool:
     """True only when the marker exists and every file it lists is there, at its size, and
     the manifest is the one trained (its sha256 matches)."""
     marker = folder / MARKER
@@ -103,7 +103,7 @@ def is_complete(folder: Path) -> bool:
         files = meta["files"]
         if _file_list(folder) != files:
             return False
-        return _sha256(folder / MANIFEST) == meta["manifest_sha256"]
+        return _sha256(folder / manifest) == meta["manifest_sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -170,3 +170,99 @@ def load_reward_manifest(folder: Path) -> tuple[dict[str, Any], str]:
                         "that do not match it); prepare it with `icl-search judge prepare`")
     blob = (folder / MANIFEST).read_bytes()
     return json.loads(blob), hashlib.sha256(blob).hexdigest()
+
+
+# -- the anchored default ---------------------------------------------------------------------
+#: Bumped whenever the anchored judge's features or fit change what a recipe produces.
+ANCHORED_CODE_VERSION = 1
+ANCHORED_MANIFEST = "anchored.json"
+
+
+def anchored_key(data: list[dict[str, str]], recipe, reward: Recipe) -> str:
+    blob = json.dumps({"data": data, "recipe": recipe.to_dict(), "reward": reward.to_dict(),
+                       "code": [CODE_VERSION, ANCHORED_CODE_VERSION],
+                       "split": [TEST_FRACTION, SPLIT_SEED]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def inner_split(train, recipe):
+    """(reward-training groups, AlpacaEval groups the weights are fitted on): the training
+    queries split again by `recipe.dev_fraction` / `dev_seed`, so the weights are fitted on
+    reward scores of queries the reward heads never saw. Safety groups all train the heads."""
+    alpaca = [g for g in train if g.kind == "alpaca"]
+    tr, dev = split_ids([g.id for g in alpaca], recipe.dev_fraction, recipe.dev_seed)
+    return ([g for g in alpaca if g.id in tr] + [g for g in train if g.kind != "alpaca"],
+            [g for g in alpaca if g.id in dev])
+
+
+def prepare_anchored(data: str | os.PathLike | None = None, *, recipe=None,
+                     reward: Recipe | None = None, force: bool = False, progress: bool = True,
+                     threads: int | None = None, say=print) -> Path:
+    """The anchored default judge's folder, prepared now if it is not yet (or is damaged):
+    reward heads trained on the inner-train queries, weights fitted on the inner-dev ones."""
+    from filelock import FileLock
+
+    from icl_search.judge.anchored import AnchoredRecipe
+
+    root = data_dir(data)
+    recipe = recipe or AnchoredRecipe()
+    reward = reward or DEFAULT_RECIPE
+    files = data_manifest(root)
+    key = anchored_key(files, recipe, reward)
+    target = judges_dir() / f"anchored-{key}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not force and is_complete(target, ANCHORED_MANIFEST):
+            return target
+        if target.exists():
+            say(f"{target}: incomplete or damaged judge folder; preparing it again")
+        say(f"preparing the default judge (reference-anchored) from {root} (once; cached in "
+            f"{target}) ...")
+        with atomic_folder(target) as tmp:
+            _anchor_into(tmp, root, files, key, recipe, reward, progress, threads, say)
+        say(f"prepared the default judge -> {target}")
+    return target
+
+
+def _anchor_into(tmp: Path, root: Path, files, key: str, recipe, reward: Recipe,
+                 progress: bool, threads: int | None, say) -> None:
+    from dataclasses import replace
+
+    import numpy as np
+    import torch
+
+    from icl_search.index.embedder import Embedder
+    from icl_search.judge.anchored import fit_both, group_features, reward_items
+    from icl_search.judge.reward import predict, train_reward
+
+    train, held_a, held_s = split_groups(root)
+    heads_on, fit_on = inner_split(train, recipe)
+    say(f"training {len(recipe.seeds)} reward head(s) on {len(heads_on)} queries, fitting the "
+        f"weights on {len(fit_on)} others ({len(held_a)} AlpacaEval and {len(held_s)} safety "
+        "queries held out for the figures)")
+    t0, stats, raws = time.time(), [], []
+    for seed in recipe.seeds:
+        head = replace(reward, seed=seed)
+        model, tok, st = train_reward(heads_on, head, progress=progress, threads=threads)
+        model.save_pretrained(str(tmp / f"seed-{seed}"))
+        tok.save_pretrained(str(tmp / f"seed-{seed}"))
+        raws.append(predict(model, tok, head, reward_items(fit_on), progress=progress)[:, 0])
+        stats.append(st)
+    emb = Embedder(threads=threads)
+    feats = group_features(fit_on, np.mean(raws, axis=0), emb, recipe.features)
+    weights = fit_both(fit_on, feats, recipe)
+    manifest: dict[str, Any] = {
+        "kind": "anchored", "key": key, "code_version": [CODE_VERSION, ANCHORED_CODE_VERSION],
+        "recipe": recipe.to_dict(), "reward_recipe": reward.to_dict(), "embedder": emb.id,
+        "weights": {k: w.to_dict() for k, w in weights.items()},
+        "data_root": str(root.resolve()), "data": files,
+        "split": {"test_fraction": TEST_FRACTION, "seed": SPLIT_SEED,
+                  "held_out_alpaca_ids": sorted(g.id for g in held_a),
+                  "held_out_safety_ids": sorted(g.id for g in held_s),
+                  "fit_alpaca_ids": sorted(g.id for g in fit_on)},
+        "stats": {"heads": stats, "fit_queries": len(fit_on)},
+        "seconds": round(time.time() - t0, 1), "torch": torch.__version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds")}
+    (tmp / ANCHORED_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    marker = {"files": _file_list(tmp), "manifest_sha256": _sha256(tmp / ANCHORED_MANIFEST)}
+    (tmp / MARKER).write_text(json.dumps(marker), encoding="utf-8")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from icl_search.errors import IclSearchError
-from icl_search.evalset import QUERY_FIELDS
+from icl_search.evalset import QUERY_FIELDS, REFERENCE_FIELD, reference_problem
 from icl_search.judge.rubric import ALL_ASPECTS, ASPECTS, SAFETY
 
 RESPONSE_FIELDS = ("response", "answer", "output")
@@ -48,12 +48,15 @@ class JudgeItem:
 
     `category` "safety" selects the safety rubric; any other value (an eval set's "coding",
     "general"...) the five-aspect one, and is kept for reports. A `response` of None (the
-    generation failed) is recorded as missing on every aspect, never scored."""
+    generation failed) is recorded as missing on every aspect, never scored. `reference`, a
+    strong answer to the query (an eval row's `reference`), is read by reference-anchored
+    judges and ignored by the others."""
 
     id: str
     query: str
     response: str | None
     category: str = "regular"
+    reference: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "id", str(self.id))
@@ -64,6 +67,8 @@ class JudgeItem:
         if self.response is not None and not isinstance(self.response, str):
             raise TypeError(f"item {self.id}: response must be a string or null, got "
                              f"{type(self.response).__name__}")
+        if self.reference is not None and (why := reference_problem(self.reference)):
+            raise ValueError(f"item {self.id}: {why}")
 
 
 @dataclass
@@ -156,6 +161,11 @@ class JudgeResult:
     def cache_hits(self) -> int:
         return sum(it.cached for it in self.items)
 
+    @property
+    def reference_free(self) -> int:
+        """Items a reference-anchored judge scored without a reference (its fallback part)."""
+        return sum(it.detail.get("reference") is False for it in self.items)
+
     def missing_reasons(self) -> dict[str, int]:
         """How often each kind of miss happened ("invalid: 7 is outside 1-5" -> "invalid")."""
         out: dict[str, int] = {}
@@ -216,6 +226,7 @@ class JudgeResult:
             "aspects": {a: {"mean": m, "judged": cov[a].judged, "total": cov[a].total}
                         for a, m in self.aspect_means.items()},
             "mean_length_words": self.mean_length, "cache_hits": self.cache_hits,
+            "reference_free": self.reference_free,
             "missing": self.missing_reasons(),
         }
 
@@ -311,7 +322,8 @@ def merge_results(results: Iterable[JudgeResult]) -> JudgeResult:
 
 def to_item(x: JudgeItem | Mapping[str, Any], index: int = 0) -> JudgeItem:
     """A JudgeItem from a mapping: `query` (or `instruction`), `response` (or `answer`, as
-    `icl-search generate` writes it, or `output`, as just-eval does), optional `id`, `category`."""
+    `icl-search generate` writes it, or `output`, as just-eval does), optional `id`, `category`,
+    `reference` (non-empty text when present)."""
     if isinstance(x, JudgeItem):
         return x
     if not isinstance(x, Mapping):
@@ -326,4 +338,7 @@ def to_item(x: JudgeItem | Mapping[str, Any], index: int = 0) -> JudgeItem:
     if field is None:
         raise ValueError(f"item {ident}: field 'response' is missing (also accepted: "
                          f"{', '.join(RESPONSE_FIELDS[1:])}; null marks a failed generation)")
-    return JudgeItem(ident, query, x[field], x.get("category") or "regular")
+    if REFERENCE_FIELD in x and (why := reference_problem(x[REFERENCE_FIELD])):
+        raise ValueError(f"item {ident}: {why}")
+    return JudgeItem(ident, query, x[field], x.get("category") or "regular",
+                     x.get(REFERENCE_FIELD))

@@ -8,6 +8,8 @@ and `category`, `tags`, `source`, `meta` (optional). An unknown field is kept in
 row lacks (`qeury` in a row with no `query`, `tag` in a row with no `tags`): that is a
 misspelling, and an error ("unknown field 'qeury', did you mean 'query'?") rather than an
 example silently missing its query or its tags. A file with no example is an error too.
+A row may carry `reference` (a strong answer to its query, read by reference-anchored judges);
+when present it must be non-empty text, and it is kept in `meta`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, NamedTuple
 import polars as pl
 
 from icl_search.errors import IclSearchError, first_line
+from icl_search.evalset import REFERENCE_FIELD, reference_problem
 from icl_search.io import json_type, read_jsonl_objects
 
 # Limits beyond which a row is almost certainly a parsing accident (a whole file in one cell,
@@ -351,6 +354,7 @@ def example_from_row(row: dict[str, Any], report: Callable[[str | None, str], No
     elif v is not None and v != "":
         report("meta", f"must be an object, got {json_type(v)}")
         ok = False
+    ok = _reference_ok(row, report, tabular) and ok
     # Fields the schema does not know are kept, not dropped: they may be someone's labels.
     for k, val in row.items():
         if k not in _KNOWN_FIELDS and k not in typos and not (tabular and val in ("", None)):
@@ -362,6 +366,19 @@ def example_from_row(row: dict[str, Any], report: Callable[[str | None, str], No
                    category=optional["category"], tags=tags, source=optional["source"],
                    meta=meta)
 
+
+
+def _reference_ok(row: dict[str, Any], report: Callable[[str | None, str], None],
+                  tabular: bool) -> bool:
+    """A `reference`, when the row has one, is non-empty text (in a table an empty cell is a
+    row without a reference, not an empty one)."""
+    v = row.get(REFERENCE_FIELD)
+    if REFERENCE_FIELD not in row or (tabular and v in ("", None)):
+        return True
+    why = reference_problem(v)
+    if why:
+        report(REFERENCE_FIELD, why.removeprefix(f"field '{REFERENCE_FIELD}' "))
+    return why is None
 
 
 def read_text(path: Path) -> str:

@@ -61,25 +61,7 @@ class StreamCleaner:
         return self._emit(self.template.clean(self.raw))
 
     def _settled(self) -> str:
-        t = self.template
-        f = t.fence
-        hits = [i for i in (self.raw.find(s) for s in t.stop) if i != -1]
-        if hits:
-            text = self.raw[:min(hits)]
-        else:
-            # A tail that may grow into a stop string is undecided.
-            text = self.raw[: len(self.raw) - _partial_suffix(self.raw, t.stop)]
-        body = text.lstrip()
-        head = f + "\n"
-        if head.startswith(body):
-            return ""  # it may still become the answer block's opening fence
-        if body.startswith(head):
-            body = body[len(head):].lstrip()
-        # Trailing whitespace, and a trailing (partial) fence with the whitespace before it,
-        # may be the end of the answer block: clean() would remove them.
-        body = body.rstrip()
-        body = body[: len(body) - _partial_suffix(body, (f,), whole=True)].rstrip()
-        return body
+        return self.template.settled(self.raw)
 
 
 def sse(obj: Any) -> str:

@@ -70,8 +70,26 @@ def build_evaluator(cfg: StudyConfig, *, engine=None, judge=None, say=print) -> 
     evaluator = Evaluator(engine=engine, judge=judge, pool=pool, queries=queries,
                           systems=systems, params=params, template=template, index_dir=index_dir,
                           embedder=cfg.pool.embedder, needs_index=needs_index, feedback=feedback,
-                          baseline=baseline, screen=make_screen(cfg, cache, say))
+                          baseline=baseline, screen=make_screen(cfg, cache, say),
+                          hygiene_floor=cfg.judge.hygiene_floor)
     return evaluator
+
+
+def build_audit(cfg: StudyConfig, evaluator: Evaluator, *, say=print) -> list:
+    """The `[judge] audit` judges (loaded only for the confirmation; never for a trial). A spec
+    naming the study's generator model shares its engine, as the study's judge does."""
+    from icl_search.cache import Cache
+    from icl_search.judge import make_judge
+    from icl_search.study.screening import resolve_spec
+
+    judges = []
+    for spec in cfg.judge.audit:
+        say(f"loading the audit judge ({spec}) ...")
+        same = _same_model(spec, cfg.model.engine)
+        engine = getattr(evaluator.engine, "engine", None) if same else None
+        judges.append(make_judge(resolve_spec(cfg, spec), engine=engine,
+                                 cache=Cache(cfg.path(cfg.cache)) if cfg.cache else Cache()))
+    return judges
 
 
 def _restrict_sources(cfg: StudyConfig, pool, index_dir):

@@ -57,6 +57,12 @@ class JudgeSection(_Strict):
                                "every trial; the expensive `spec` judges only the top ones")
     screen_top: float = Field(0.5, gt=0.0, le=1.0, description="fraction of trials (by cheap "
                               "score, among those so far) the expensive judge sees; 1 = audit")
+    audit: list[str] = Field(default_factory=list, description="judges that score only the "
+                             "confirm set, never a trial: a gain is confirmed only when each of "
+                             "them sees it too")
+    hygiene_floor: bool = Field(True, description="an answer that still fails hygiene after "
+                                "cleaning (unbalanced fences, a role heading) scores the floor "
+                                "under every judge; false scores it as it is (the report says)")
 
     @field_validator("spec", "screen")
     @classmethod
@@ -68,6 +74,20 @@ class JudgeSection(_Strict):
                 parse_judge_spec(v)
             except JudgeError as exc:
                 raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("audit")
+    @classmethod
+    def _audit_specs(cls, v: list[str]) -> list[str]:
+        from icl_search.judge import JudgeError, parse_judge_spec
+
+        for i, spec in enumerate(v):
+            try:
+                parse_judge_spec(spec)
+            except JudgeError as exc:
+                raise ValueError(f"audit[{i}]: {exc}") from None
+        if len(set(v)) != len(v):
+            raise ValueError(f"audit names a judge twice: {v}")
         return v
 
 

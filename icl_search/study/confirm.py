@@ -14,16 +14,23 @@ is a group of its own), keyed by the confirm set, judge and decoding (a fingerpr
 context's spec, so the stage resumes after a kill, every worker sees the results, and nothing is
 evaluated twice (identical contexts in several trials share one entry). The statistics are
 recomputed from the stored scores whenever they are read (fixed bootstrap seed).
+
+Audit judges (`[judge] audit`) score the same confirm answers, stored beside (one entry per
+candidate and audit judge, so adding one later pays for its scores only); the verdict
+(`icl_search.study.verdict`) needs every judge to see a gain. Each candidate's confirm answers
+are written as `id`/`query`/`answer` JSONL files under the study's artifacts
+(`confirm/<fingerprint>/<label>.jsonl`, `answer_files`) for a blind review. Statistics live in
+`icl_search.study.stats`, the Markdown in `icl_search.study.confirm_md`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import warnings
+import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,117 +38,26 @@ import optuna
 from optuna.trial import TrialState
 
 from icl_search.errors import IclSearchError
+from icl_search.hygiene import Hygiene, HygieneCounts
+from icl_search.study import attrs
 from icl_search.study.config import StudyConfig
+from icl_search.study.confirm_md import section_lines, table_lines  # noqa: F401  (re-exported)
 from icl_search.study.space import TrialSpec, baseline_params
+from icl_search.study.stats import (  # noqa: F401  (re-exported: the earlier home of these)
+    ALPHA,
+    TEST,
+    Gain,
+    length_controlled_gain,
+    mean_interval,
+    paired_gain,
+)
+from icl_search.study.verdict import BASELINE, JudgeView, Row, Summary, decide
 
-CONFIRM_ATTR = "confirm"
-TEST = "Wilcoxon signed-rank, two-sided"
-#: A gain is significant only when the 95% interval excludes 0 *and* p < ALPHA.
-ALPHA = 0.05
-BASELINE = "baseline"
+CONFIRM_ATTR = attrs.CONFIRM
 
 
 class ConfirmError(IclSearchError, ValueError):
     """The confirmation stage cannot run (no confirm set configured, no finished trial)."""
-
-
-# -- statistics ----------------------------------------------------------------------------
-def _clean(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
-
-
-def mean_interval(values: np.ndarray, seed: int = 0) -> tuple[float | None, float | None]:
-    """95% bootstrap interval of the mean (BCa; percentile where BCa is undefined)."""
-    from scipy.stats import bootstrap
-
-    if len(values) < 2:
-        return None, None
-    if np.allclose(values, values[0]):
-        return float(values[0]), float(values[0])
-    ci = None
-    for method in ("BCa", "percentile"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = bootstrap((values,), np.mean, confidence_level=0.95, n_resamples=9999,
-                            method=method, rng=np.random.default_rng(seed))
-        ci = res.confidence_interval
-        if math.isfinite(ci.low) and math.isfinite(ci.high):
-            break
-    return _clean(ci.low), _clean(ci.high)
-
-
-@dataclass
-class Gain:
-    """A candidate against one baseline on the queries both have a score for."""
-
-    baseline: str
-    mean: float | None
-    low: float | None
-    high: float | None
-    p_value: float | None
-    n: int
-    test: str = TEST
-
-    @property
-    def _interval_excludes_zero(self) -> bool:
-        return self.low is not None and self.high is not None and (self.low > 0 or self.high < 0)
-
-    @property
-    def _p_below(self) -> bool:
-        return self.p_value is not None and self.p_value < ALPHA
-
-    @property
-    def significant(self) -> bool:
-        """Both tests agree: the 95% interval excludes 0 and the Wilcoxon p is below 0.05.
-        (At n of 10-40 the bootstrap interval and the rank test can disagree; one alone is
-        not called significant.)"""
-        return self._interval_excludes_zero and self._p_below
-
-    @property
-    def disagreement(self) -> str | None:
-        """Which of the two tests alone saw a difference (None when they agree)."""
-        if self._interval_excludes_zero and not self._p_below:
-            return f"the interval excludes 0 but Wilcoxon p={_f(self.p_value)}"
-        if self._p_below and not self._interval_excludes_zero:
-            return f"Wilcoxon p={_f(self.p_value)} but the interval includes 0"
-        return None
-
-    @property
-    def verdict(self) -> str:
-        """'significant', 'significantly worse' or 'not significant (...)', naming the test
-        that disagreed."""
-        if self.significant:
-            return "significant" if (self.mean or 0) > 0 else "significantly worse"
-        why = self.disagreement
-        return "not significant" + (f" ({why})" if why else "")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"baseline": self.baseline, "mean": self.mean,
-                "interval": None if self.low is None else [self.low, self.high],
-                "p_value": self.p_value, "n": self.n, "test": self.test}
-
-    def report(self) -> dict[str, Any]:
-        """`to_dict` (the bundle's `ConfirmGain` fields) plus the verdict of both tests."""
-        return {**self.to_dict(), "significant": self.significant, "verdict": self.verdict}
-
-
-def paired_gain(a: dict[str, float | None], b: dict[str, float | None], name: str) -> Gain:
-    from scipy.stats import wilcoxon
-
-    ids = [q for q, v in a.items() if v is not None and b.get(q) is not None]
-    d = np.array([a[q] - b[q] for q in ids], dtype=float)
-    if not len(d):
-        return Gain(name, None, None, None, None, 0)
-    low, high = mean_interval(d)
-    if np.all(d == 0):
-        p = 1.0
-    elif len(d) < 2:
-        p = None
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            p = _clean(wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
-    return Gain(name, float(d.mean()), low, high, p, len(d))
 
 
 # -- storage -------------------------------------------------------------------------------
@@ -154,6 +70,10 @@ def _entry_attr(fp: str, key: str) -> str:
     return f"{CONFIRM_ATTR}:{fp}:{key}"
 
 
+def _audit_attr(fp: str, key: str, judge: str) -> str:
+    return f"{CONFIRM_ATTR}:{fp}:{key}:audit:{judge}"
+
+
 @dataclass
 class Candidate:
     label: str  # "trial 3", "baseline", "urial:inst_1k.txt"
@@ -164,93 +84,28 @@ class Candidate:
     search: float | None  # mean per-query score on the search split
 
 
-@dataclass
-class Row:
-    """One confirmed candidate, with its statistics."""
-
-    label: str
-    role: str
-    trial: int | None
-    search: float | None
-    confirm: float | None
-    low: float | None
-    high: float | None
-    n: int
-    gains: list[Gain] = field(default_factory=list)
-
-    @property
-    def shrinkage(self) -> float | None:
-        if self.search is None or self.confirm is None:
-            return None
-        return self.search - self.confirm
-
-
-@dataclass
-class Summary:
-    rows: list[Row]
-    n_queries: int
-    judge: str
-    evaluated: int = 0  # candidates evaluated by this call (0: everything was stored)
-    stats: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def best(self) -> Row | None:
-        """The candidate the export takes: the trial with the highest confirm score, or the
-        baseline when no trial beat it on the confirm set (ties go to the baseline)."""
-        base = self.baseline
-        trials = [r for r in self.rows if r.role == "trial" and r.confirm is not None]
-        top = max(trials, key=lambda r: r.confirm, default=None)
-        if base is not None and base.confirm is not None and (
-                top is None or top.confirm <= base.confirm):
-            return base
-        return top
-
-    @property
-    def baseline(self) -> Row | None:
-        return next((r for r in self.rows if r.role == "baseline"), None)
-
-    @property
-    def beat_baseline(self) -> bool:
-        b = self.best
-        return b is not None and b.role == "trial"
-
-    def sentence(self) -> str:
-        """One sentence: did the exported context beat the baseline, and is it significant."""
-        best = self.best
-        if best is None:
-            return "No candidate has a confirm score yet."
-        if not self.beat_baseline:
-            return (f"No trial beat the baseline on the confirm set (n={self.n_queries}): the "
-                    f"export is the baseline (confirm score {_f(best.confirm)}).")
-        parts = []
-        for g in best.gains:
-            parts.append(f"{_s(g.mean)} over {g.baseline} (95% CI {_s(g.low)} to {_s(g.high)}, "
-                         f"n={g.n}, Wilcoxon p={_f(g.p_value)}: {g.verdict})")
-        return (f"{best.label.capitalize()} is the confirmed best (confirm score "
-                f"{_f(best.confirm)}): " + "; ".join(parts) + ".")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"n_queries": self.n_queries, "judge": self.judge,
-                "rows": [{"label": r.label, "role": r.role, "trial": r.trial, "search": r.search,
-                          "confirm": r.confirm, "interval": [r.low, r.high], "n": r.n,
-                          "shrinkage": r.shrinkage, "gains": [g.report() for g in r.gains]}
-                         for r in self.rows],
-                "best": self.best.label if self.best else None,
-                "beat_baseline": self.beat_baseline, "sentence": self.sentence()}
-
-
-def _f(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3f}"
-
-
-def _s(x: float | None) -> str:
-    return "-" if x is None else f"{x:+.3f}"
-
-
 def _search_mean(trial: optuna.trial.FrozenTrial | None) -> float | None:
-    vals = [v for v in ((trial.user_attrs.get("per_query") or {}).values() if trial else ())
+    vals = [v for v in ((trial.user_attrs.get(attrs.PER_QUERY) or {}).values() if trial else ())
             if v is not None]
     return float(np.mean(vals)) if vals else None
+
+
+def _view(judge: str, pq: dict[str, float | None]) -> JudgeView:
+    vals = np.array([v for v in pq.values() if v is not None], dtype=float)
+    low, high = mean_interval(vals)
+    return JudgeView(judge, float(vals.mean()) if len(vals) else None, low, high, len(vals))
+
+
+def _row(c: dict, entry: dict, audits: dict[str, dict], plan: dict) -> Row:
+    hyg = HygieneCounts.of(Hygiene(**h) for h in entry.get(attrs.HYGIENE, {}).values() if h)
+    words = list((entry.get(attrs.LENGTHS) or {}).values())
+    safety = [entry["per_query"].get(q) for q in plan.get("safety", [])]
+    safety = [v for v in safety if v is not None]
+    views = [_view(plan["judge"], entry["per_query"])]
+    views += [_view(j, audits[j]) for j in plan.get("audit", []) if j in audits]
+    return Row(c["label"], c["role"], c["trial"], c["search"], views, hyg,
+               float(np.mean(words)) if words else None,
+               safety_mean=float(np.mean(safety)) if safety else None)
 
 
 def summarize(study: optuna.Study) -> Summary | None:
@@ -258,23 +113,69 @@ def summarize(study: optuna.Study) -> Summary | None:
     plan = study.user_attrs.get(CONFIRM_ATTR)
     if not plan:
         return None
-    attrs = study.user_attrs
-    scores: dict[str, dict[str, float | None]] = {}
-    rows = []
+    ua = study.user_attrs
+    rows: dict[str, Row] = {}
+    entries: dict[str, tuple[dict, dict[str, dict]]] = {}
     for c in plan["candidates"]:
-        entry = attrs.get(_entry_attr(plan["fingerprint"], c["key"]))
+        entry = ua.get(_entry_attr(plan["fingerprint"], c["key"]))
         if entry is None:
             continue
-        pq = entry["per_query"]
-        scores[c["label"]] = pq
-        vals = np.array([v for v in pq.values() if v is not None], dtype=float)
-        low, high = mean_interval(vals)
-        rows.append(Row(c["label"], c["role"], c["trial"], c["search"],
-                        float(vals.mean()) if len(vals) else None, low, high, len(vals)))
-    for r in rows:
-        r.gains = [paired_gain(scores[r.label], scores[b], b) for b in plan["baselines"]
-                   if b in scores and b != r.label]
-    return Summary(rows, plan["n_queries"], plan["judge"])
+        audits = {j: a for j in plan.get("audit", [])
+                  if (a := ua.get(_audit_attr(plan["fingerprint"], c["key"], j))) is not None}
+        entries[c["label"]] = (entry, audits)
+        rows[c["label"]] = _row(c, entry, audits, plan)
+    safety_ids = set(plan.get("safety", []))
+    for label, r in rows.items():
+        entry, audits = entries[label]
+        for b in plan["baselines"]:
+            if b == label or b not in rows:
+                continue
+            be, ba = entries[b]
+            for v in r.views:
+                mine = entry["per_query"] if v.judge == plan["judge"] else audits[v.judge]
+                theirs = be["per_query"] if v.judge == plan["judge"] else ba.get(v.judge)
+                if theirs is None:
+                    continue
+                v.gains.append(paired_gain(mine, theirs, b))
+                v.lc_gains.append(length_controlled_gain(
+                    mine, theirs, entry.get(attrs.LENGTHS) or {}, be.get(attrs.LENGTHS) or {}, b))
+            if safety_ids:
+                pick = lambda pq: {q: v for q, v in pq.items() if q in safety_ids}
+                r.safety.append(paired_gain(pick(entry["per_query"]), pick(be["per_query"]), b))
+        if r.role == "trial":
+            r.reasons = decide(r, rows, plan["baselines"])
+    return Summary(list(rows.values()), plan["n_queries"], plan["judge"],
+                   list(plan.get("audit", [])), plan.get(attrs.HYGIENE_FLOOR, True),
+                   len(safety_ids))
+
+
+def answer_files(cfg: StudyConfig, study: optuna.Study) -> dict[str, Path]:
+    """Candidate label -> its confirm answers (JSONL: id, query, answer, category), for a blind
+    review of the confirm answers (those written so far)."""
+    plan = study.user_attrs.get(CONFIRM_ATTR) or {}
+    folder = cfg.artifacts_path / "confirm" / plan.get("fingerprint", "-")
+    return {c["label"]: p for c in plan.get("candidates", [])
+            if (p := folder / f"{_slug(c['label'])}.jsonl").is_file()}
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-")
+
+
+def _write_answers(cfg: StudyConfig, fp: str, label: str, records, queries) -> None:
+    from icl_search.io import atomic_write
+
+    by_id = {q.id: q for q in queries}
+    folder = cfg.artifacts_path / "confirm" / fp
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_write(folder / f"{_slug(label)}.jsonl") as fh:
+        for r in records:
+            row = {"id": r.query_id, "query": r.query, "answer": r.answer,
+                   "category": r.category}
+            ref = getattr(by_id.get(r.query_id), "reference", None)
+            if ref is not None:
+                row["reference"] = ref
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 # -- the stage -----------------------------------------------------------------------------
@@ -283,15 +184,15 @@ def candidates(study: optuna.Study, cfg: StudyConfig, pool_ids: list[str], top: 
     """The top `top` complete trials by search score (one per distinct context), then the
     project's baseline. (The URIAL baseline is added by `confirm`, which reads its file.)"""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    base_trial = next((t for t in complete if t.user_attrs.get("role") == "baseline"), None)
+    base_trial = next((t for t in complete if t.user_attrs.get(attrs.ROLE) == "baseline"), None)
     p = baseline_params(cfg, pool_ids)
     base_spec = TrialSpec(p["system"], p["k"], p.get("strategy", "none"),
                           tuple(p[f"ex_{i}"] for i in range(p["k"])))
     seen = {spec_key(base_spec)}
     out = []
-    for t in sorted((t for t in complete if "spec" in t.user_attrs),
+    for t in sorted((t for t in complete if attrs.SPEC in t.user_attrs),
                     key=lambda t: -t.values[0]):
-        spec = TrialSpec.from_dict(t.user_attrs["spec"])
+        spec = TrialSpec.from_dict(t.user_attrs[attrs.SPEC])
         key = spec_key(spec)
         if key in seen:
             continue
@@ -305,10 +206,34 @@ def candidates(study: optuna.Study, cfg: StudyConfig, pool_ids: list[str], top: 
     return out
 
 
+def _plan(study, cfg, evaluator, splits, audit, top) -> tuple[dict, list[Candidate], Any]:
+    blob = json.dumps([splits.fingerprint, evaluator.judge.id, repr(evaluator.params),
+                       evaluator.template.to_dict(), evaluator.hygiene_floor],
+                      sort_keys=True, default=str)
+    fp = hashlib.sha256(blob.encode()).hexdigest()[:12]
+    cands = candidates(study, cfg, evaluator.pool.ids, top or cfg.eval.confirm_top)
+    urial_ev = None
+    if cfg.search.baseline.urial:
+        urial_ev, spec = _urial(cfg, evaluator, splits.confirm, audit)
+        cands.append(Candidate(f"urial:{cfg.path(cfg.search.baseline.urial).name}", "urial",
+                               "urial-" + spec_key(spec) + _file_digest(cfg), None, spec, None))
+    plan = {"fingerprint": fp, "n_queries": len(splits.confirm), "judge": evaluator.judge.id,
+            "audit": [a.id for a in audit], "baselines": [c.label for c in cands
+                                                          if c.role != "trial"],
+            "safety": [q.id for q in splits.confirm if q.category == "safety"],
+            attrs.HYGIENE_FLOOR: evaluator.hygiene_floor,
+            "candidates": [{"label": c.label, "role": c.role, "key": c.key, "trial": c.trial,
+                            "search": c.search} for c in cands]}
+    return plan, cands, urial_ev
+
+
 def confirm(study: optuna.Study, cfg: StudyConfig, evaluator, *, top: int | None = None,
-            say: Callable[[str], None] | None = None, embed=None) -> Summary:
-    """Evaluate the candidates missing from the study storage on the confirm set; return the
-    statistics of all of them. `evaluator` is the study's (search-split) Evaluator."""
+            say: Callable[[str], None] | None = None, embed=None,
+            audit: list | None = None) -> Summary:
+    """Evaluate the candidates missing from the study storage on the confirm set, with the
+    study's judge and the audit judges (`audit`, default: built from `[judge] audit`); return
+    the statistics and verdict of all of them. `evaluator` is the study's (search-split)
+    Evaluator."""
     from icl_search.study.splits import load_splits
 
     say = say or (lambda m: None)
@@ -317,62 +242,70 @@ def confirm(study: optuna.Study, cfg: StudyConfig, evaluator, *, top: int | None
                            "eval.confirm_fraction to the [eval] section")
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise ConfirmError(f"study {cfg.name!r} has no finished trial to confirm")
+    if audit is None:
+        from icl_search.study.build import build_audit
+
+        audit = build_audit(cfg, evaluator, say=say)
     splits = load_splits(cfg, embed=embed)
-    conf = evaluator.with_queries(splits.confirm)
-    blob = json.dumps([splits.fingerprint, evaluator.judge.id, repr(evaluator.params),
-                       evaluator.template.to_dict()], sort_keys=True, default=str)
-    fp = hashlib.sha256(blob.encode()).hexdigest()[:12]
-    cands = candidates(study, cfg, evaluator.pool.ids, top or cfg.eval.confirm_top)
-    urial_ev = None
-    if cfg.search.baseline.urial:
-        urial_ev, spec = _urial(cfg, evaluator, splits.confirm)
-        cands.append(Candidate(f"urial:{cfg.path(cfg.search.baseline.urial).name}", "urial",
-                               "urial-" + spec_key(spec) + _file_digest(cfg), None, spec, None))
-    baselines = [c.label for c in cands if c.role != "trial"]
-    plan = {"fingerprint": fp, "n_queries": len(splits.confirm), "judge": evaluator.judge.id,
-            "baselines": baselines,
-            "candidates": [{"label": c.label, "role": c.role, "key": c.key, "trial": c.trial,
-                            "search": c.search} for c in cands]}
+    conf = evaluator.with_queries(splits.confirm, audit=audit)
+    plan, cands, urial_ev = _plan(study, cfg, evaluator, splits, audit, top)
     if study.user_attrs.get(CONFIRM_ATTR) != plan:
         study.set_user_attr(CONFIRM_ATTR, plan)
-    positions = list(range(len(splits.confirm)))
-    chunk = max(1, cfg.optuna.chunk_size)
     evaluated = 0
-    stats = {"prompts": 0, "generated": 0, "gen_cached": 0, "judged": 0, "judge_cached": 0}
-    missing = []
-    for c in cands:
-        if _entry_attr(fp, c.key) in study.user_attrs:
-            say(f"confirm {c.label}: stored")
-        else:
-            missing.append(c)
-    # The candidates that share an evaluator go through the engine together (one batch per
-    # chunk, as `batch_trials` does for trials): the decode steps, not the prompts, are what a
-    # CPU pays for. Each group is stored as soon as it is done.
-    for ev, group in ((conf, [c for c in missing if c.role != "urial"]),
-                      (urial_ev, [c for c in missing if c.role == "urial"])):
-        if not group:
-            continue
-        records: list[list] = [[] for _ in group]
-        names = ", ".join(c.label for c in group)
-        for start in range(0, len(positions), chunk):
-            rows = ev.evaluate([c.spec for c in group], positions[start:start + chunk],
-                               keep_prompts=False)
-            for acc, r in zip(records, rows):
-                acc.extend(r)
-            say(f"confirm {names}: {len(records[0])}/{len(positions)} queries")
-        for c, recs in zip(group, records):
-            study.set_user_attr(_entry_attr(fp, c.key), {
-                "spec": c.spec.to_dict(),
-                "per_query": {r.query_id: (r.judgement.overall if r.judgement else None)
-                              for r in recs}})
-            evaluated += 1
-    for e in (conf, urial_ev):
-        for k in stats:
-            stats[k] += getattr(e.stats, k) if e is not None else 0
+    for ev, group in ((conf, [c for c in cands if c.role != "urial"]),
+                      (urial_ev, [c for c in cands if c.role == "urial"])):
+        todo = [c for c in group if _missing(study, plan, c)]
+        for c in group:
+            if c not in todo:
+                say(f"confirm {c.label}: stored")
+        if todo:
+            evaluated += _evaluate_group(study, cfg, plan, ev, todo, splits.confirm, say)
+    stats = {k: sum(getattr(e.stats, k) for e in (conf, urial_ev) if e is not None)
+             for k in ("prompts", "generated", "gen_cached", "judged", "judge_cached")}
     summary = summarize(study)
     assert summary is not None
     summary.evaluated, summary.stats = evaluated, stats
     return summary
+
+
+def _missing(study: optuna.Study, plan: dict, c: Candidate) -> bool:
+    fp, ua = plan["fingerprint"], study.user_attrs
+    return _entry_attr(fp, c.key) not in ua or any(
+        _audit_attr(fp, c.key, j) not in ua for j in plan["audit"])
+
+
+def _evaluate_group(study, cfg, plan, ev, group: list[Candidate], queries, say) -> int:
+    """Generate and judge `group` on the confirm set (one engine batch per chunk, as
+    `batch_trials` does for trials: a CPU pays for the decode steps, not the prompts); store
+    each candidate's entry, its audit scores and its answer file. Generations and the study
+    judge's verdicts come from the caches when only an audit judge is new."""
+    positions = list(range(len(queries)))
+    chunk = max(1, cfg.optuna.chunk_size)
+    records: list[list] = [[] for _ in group]
+    names = ", ".join(c.label for c in group)
+    for start in range(0, len(positions), chunk):
+        rows = ev.evaluate([c.spec for c in group], positions[start:start + chunk],
+                           keep_prompts=False)
+        for acc, r in zip(records, rows):
+            acc.extend(r)
+        say(f"confirm {names}: {len(records[0])}/{len(positions)} queries")
+    fp = plan["fingerprint"]
+    for c, recs in zip(group, records):
+        _write_answers(cfg, fp, c.label, recs, queries)
+        if ev.audit:
+            say(f"confirm {c.label}: audit judges {', '.join(a.id for a in ev.audit)}")
+        for judge, vals in ev.score_audit(recs).items():
+            study.set_user_attr(_audit_attr(fp, c.key, judge),
+                                {r.query_id: v for r, v in zip(recs, vals)})
+        study.set_user_attr(_entry_attr(fp, c.key), {
+            "spec": c.spec.to_dict(),
+            attrs.PER_QUERY: {r.query_id: (r.judgement.overall if r.judgement else None)
+                              for r in recs},
+            attrs.LENGTHS: {r.query_id: r.judgement.length_words for r in recs
+                            if r.judgement and r.answer is not None},
+            attrs.HYGIENE: {r.query_id: r.hygiene.to_dict() if r.hygiene else None
+                            for r in recs}})
+    return len(group)
 
 
 def _file_digest(cfg: StudyConfig) -> str:
@@ -380,7 +313,7 @@ def _file_digest(cfg: StudyConfig) -> str:
     return hashlib.sha256(data).hexdigest()[:8]
 
 
-def _urial(cfg: StudyConfig, evaluator, queries):
+def _urial(cfg: StudyConfig, evaluator, queries, audit):
     """An evaluator and spec for the URIAL prompt file: its preamble and examples, rendered
     with the study's template, budget and decoding like every trial."""
     from icl_search.pool import Pool, read_urial
@@ -390,36 +323,13 @@ def _urial(cfg: StudyConfig, evaluator, queries):
     shots = doc.answered
     name = f"urial:{path.name}"
     ev = evaluator.with_queries(queries, pool=Pool(shots, path, doc.system),
-                                systems={name: doc.system})
+                                systems={name: doc.system}, audit=audit)
     spec = TrialSpec(name, len(shots), "fixed" if shots else "none",
                      tuple(e.id for e in shots))
     return ev, spec
 
 
-def table_lines(summary: Summary) -> list[str]:
-    """Markdown: search vs confirm per candidate, gains against each baseline, the verdict."""
-    names = sorted({g.baseline for r in summary.rows for g in r.gains},
-                   key=lambda b: (b != BASELINE, b))
-    head = ["candidate", "search", "confirm (95% CI)", "shrinkage"] + \
-        [f"gain vs {b} (95% CI, p)" for b in names]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for r in summary.rows:
-        gains = {g.baseline: g for g in r.gains}
-        cells = [r.label, _f(r.search), f"{_f(r.confirm)} ({_f(r.low)} to {_f(r.high)})",
-                 _s(r.shrinkage)]
-        for b in names:
-            g = gains.get(b)
-            cells.append("-" if g is None else
-                         f"{_s(g.mean)} ({_s(g.low)} to {_s(g.high)}, p={_f(g.p_value)})")
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
 def report_lines(study: optuna.Study) -> list[str]:
     """The confirmation section of `study report` (nothing when never confirmed)."""
     s = summarize(study)
-    if s is None:
-        return []
-    intro = (f"On {s.n_queries} confirm queries the search never saw, judge `{s.judge}`; "
-             f"intervals: 95% bootstrap (BCa); p: {TEST}.")
-    return ["", "## Confirmation", "", intro, "", *table_lines(s), "", s.sentence()]
+    return [] if s is None else section_lines(s)

@@ -18,10 +18,14 @@ import numpy as np
 from icl_search.engines.base import Engine, SamplingParams
 from icl_search.evalset import Query
 from icl_search.generation import Job, Timing, generate_fitted
+from icl_search.hygiene import Hygiene, HygieneCounts, judge_floor
 from icl_search.judge import ItemJudgement, Judge, JudgeItem, JudgeResult
 from icl_search.pool import Example, Pool
 from icl_search.prompt import Budget, Template
 from icl_search.study.space import TrialSpec
+
+#: An `ItemJudgement.detail` key: the score is the judge's floor, set for failed hygiene.
+FLOORED = "hygiene_floor"
 
 
 @dataclass
@@ -42,6 +46,7 @@ class QueryRecord:
     judgement: ItemJudgement | None = None
     feedback: dict[str, Any] | None = None  # source -> detail (icl_search.feedback)
     feedback_value: float | None = None  # the sources' weighted value, when there are some
+    hygiene: Hygiene | None = None  # what cleaning cut and what is still wrong
 
     @property
     def objective(self) -> float | None:
@@ -61,6 +66,8 @@ class QueryRecord:
             "scores": j.scores if j else None, "missing": j.missing if j else None,
             "overall": j.overall if j else None, "length_words": j.length_words if j else None,
             "feedback": self.feedback,
+            "hygiene": self.hygiene.to_dict() if self.hygiene else None,
+            "floored": bool(j and j.detail.get(FLOORED)),
         }
 
 
@@ -72,6 +79,10 @@ class TrialEvaluation:
     def result(self, judge_id: str = "") -> JudgeResult:
         return JudgeResult([r.judgement for r in self.records if r.judgement is not None],
                            judge_id)
+
+    @property
+    def hygiene(self) -> HygieneCounts:
+        return HygieneCounts.of(r.hygiene for r in self.records)
 
     @property
     def mean_context_tokens(self) -> float:
@@ -121,9 +132,15 @@ class Evaluator:
         feedback: Any = None,
         baseline: TrialSpec | None = None,
         screen: Judge | None = None,
+        audit: Sequence[Judge] = (),
+        hygiene_floor: bool = True,
     ):
         self.engine = engine
         self.judge = judge
+        # judges that score only the confirm set (`score_audit`), never a trial of the search
+        self.audit = list(audit)
+        # an answer that still fails hygiene after cleaning scores every judge's floor
+        self.hygiene_floor = hygiene_floor
         # the cheap judge of multi-fidelity screening (icl_search.study.screening), or None
         self.screen = screen
         self.pool = pool
@@ -148,14 +165,18 @@ class Evaluator:
             self._load_index()
 
     def with_queries(self, queries: Sequence[Query], *, pool: Pool | None = None,
-                     systems: dict[str, str] | None = None) -> Evaluator:
+                     systems: dict[str, str] | None = None,
+                     audit: Sequence[Judge] | None = None) -> Evaluator:
         """The same engine, judge, template, decoding and index on other queries (the
         confirmation stage's set), without feedback sources; `pool`/`systems` replace this
-        evaluator's (a fixed reference context outside the pool; no index then)."""
+        evaluator's (a fixed reference context outside the pool; no index then); `audit`
+        gives the confirmation its audit judges."""
         return Evaluator(engine=self.engine, judge=self.judge, pool=pool or self.pool,
                          queries=queries, systems=systems or self.systems, params=self.params,
                          template=self.template, index_dir=self._index_dir,
                          embedder=self._embedder,
+                         audit=self.audit if audit is None else audit,
+                         hygiene_floor=self.hygiene_floor,
                          needs_index=pool is None and self._index is not None)
 
     # -- retrieval ---------------------------------------------------------------------------
@@ -233,6 +254,7 @@ class Evaluator:
                 rec.prompt = f.prompt if keep_prompts else ""
                 rec.answer, rec.finish_reason = g.answer, c.finish_reason
                 rec.completion_tokens = c.completion_tokens
+                rec.hygiene = g.hygiene
                 self.stats.prompts += 1
                 self.stats.generated += 1
                 self.stats.gen_cached += int(c.cached)
@@ -250,18 +272,17 @@ class Evaluator:
             raise ValueError("this evaluator has no screening judge (judge.screen)")
         per_spec = self.generate(specs, positions, keep_prompts=keep_prompts)
         flat = [r for rows in per_spec for r in rows]
-        items = [JudgeItem(f"{i}", r.query, r.answer, r.category) for i, r in enumerate(flat)]
         t1 = time.perf_counter()
-        result = (self.screen if screen else self.judge).score(items)
+        result = self._score(self.screen if screen else self.judge, flat)
         for r, j in zip(flat, result.items):
             r.judgement = j
         seconds = time.perf_counter() - t1
         if screen:
-            self.screen_stats.screened += len(items)
+            self.screen_stats.screened += len(flat)
             self.screen_stats.screen_cached += result.cache_hits
             self.screen_stats.screen_seconds += seconds
             return per_spec
-        self.stats.judged += len(items)
+        self.stats.judged += len(flat)
         self.stats.judge_cached += result.cache_hits
         self.stats.judge_seconds += seconds
         if self.feedback is not None:
@@ -272,6 +293,34 @@ class Evaluator:
             for r in flat:
                 r.feedback_value = self.feedback.query_value(r)
         return per_spec
+
+    def _score(self, judge: Judge, records: Sequence[QueryRecord]) -> JudgeResult:
+        """`judge`'s verdicts on the records' answers; with `hygiene_floor`, an answer that
+        still fails hygiene gets the judge's floor on every aspect (and is not asked)."""
+        floor = judge_floor(judge)
+        refs = {q.id: q.reference for q in self.queries}  # read by reference-anchored judges
+        # a row a judge cannot score without a reference (refsim) stays missing, floored or not;
+        # the anchored judge scores it by its reference-free part, so it is floored
+        from icl_search.judge.judge import REFERENCE_KINDS
+
+        needs_ref = str(getattr(judge, "id", "")).split(":", 1)[0] in REFERENCE_KINDS
+        fails = [self.hygiene_floor and r.hygiene is not None and r.hygiene.fails
+                 and not (needs_ref and refs.get(r.query_id) is None) for r in records]
+        items = [JudgeItem(f"{i}", r.query, None if bad else r.answer, r.category,
+                           refs.get(r.query_id))
+                 for i, (r, bad) in enumerate(zip(records, fails))]
+        result = judge.score(items)
+        for j, bad in zip(result.items, fails):
+            if bad:
+                j.scores = dict.fromkeys(j.scores, floor)
+                j.missing = {}
+                j.detail[FLOORED] = True
+        return result
+
+    def score_audit(self, records: Sequence[QueryRecord]) -> dict[str, list[float | None]]:
+        """Each audit judge's per-record overall score (the floor rule as for the study's
+        judge): judge id -> one value per record. Never called by the search."""
+        return {a.id: [j.overall for j in self._score(a, records).items] for a in self.audit}
 
     def baseline_answers(self, positions: Sequence[int]) -> dict[str, str | None]:
         """The baseline context's answers (query id -> answer), generated once per query and

@@ -39,7 +39,7 @@ def check_specs(cfg: StudyConfig) -> None:
             raise StudyError(f"{cfg.source}: field '{field}': {exc}") from None
         if kind in ("logprob", "sample"):
             engine(field, rest)
-        elif kind in ("distilled", "reward") and rest != "default" and ":" not in rest:
+        elif kind in ("distilled", "reward", "anchored") and rest != "default" and ":" not in rest:
             _folder(cfg, field, str(cfg.path(rest)))
 
     engine("model.engine", cfg.model.engine)
@@ -64,7 +64,9 @@ def check_data(cfg: StudyConfig) -> None:
     from icl_search.pool import Pool
 
     pool = Pool.load(cfg.path(cfg.pool.path))  # PoolError lists file:line: field problems
-    load_queries(cfg.path(cfg.eval.path))
+    files = [cfg.path(cfg.eval.path)] + ([cfg.path(cfg.eval.confirm)] if cfg.eval.confirm
+                                         else [])
+    check_references(cfg, {f: load_queries(f) for f in files})
     ids = set(pool.ids)
     for field, wanted in (("search.baseline.example_ids", cfg.search.baseline.example_ids),
                           ("search.fixed_candidates", cfg.search.fixed_candidates or ())):
@@ -72,6 +74,38 @@ def check_data(cfg: StudyConfig) -> None:
         if unknown:
             raise StudyError(f"{cfg.source}: field '{field}': not in the pool "
                              f"{cfg.path(cfg.pool.path)}: {', '.join(map(repr, unknown[:5]))}")
+
+
+def check_references(cfg: StudyConfig, query_files: dict) -> None:
+    """A judge that needs references (`refsim`), as the study's judge, screen or audit judge,
+    on an eval or confirm file with rows lacking them: one message naming the file. An audit
+    judge scores the confirm set only: a separate confirm file is all it needs references in. A
+    reference-anchored judge (the default) scores such rows by its reference-free part: a
+    warning says how many."""
+    import warnings
+
+    from icl_search.judge import parse_judge_spec, require_references
+
+    confirm = cfg.path(cfg.eval.confirm) if cfg.eval.confirm else None
+    judges = {"judge.spec": (cfg.judge.spec, query_files),
+              "judge.screen": (cfg.judge.screen, query_files)}
+    for i, a in enumerate(cfg.judge.audit):
+        judges[f"judge.audit[{i}]"] = (a, {f: q for f, q in query_files.items()
+                                          if confirm is None or f == confirm})
+    for field, (spec, files) in judges.items():
+        for path, queries in files.items():
+            if not spec:
+                continue
+            try:
+                require_references(spec, queries, path, field=f"field '{field}'")
+            except IclSearchError as exc:
+                raise StudyError(f"{cfg.source}: {exc}") from None
+            lacking = sum(q.reference is None for q in queries)
+            if lacking and parse_judge_spec(spec)[0] == "anchored":
+                warnings.warn(f"{path}: {lacking} of {len(queries)} queries have no "
+                              f"'reference' answer; the judge {spec!r} ({field}) scores their "
+                              "answers without one (its reference-free part); add references "
+                              "with `icl-search references build`", stacklevel=2)
 
 
 def check_storage(cfg: StudyConfig, url: str | None = None, *, create: bool = True) -> None:

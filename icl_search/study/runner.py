@@ -25,6 +25,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from icl_search.study import attrs
 from icl_search.study.artifacts import artifact_store, save_artifacts
 from icl_search.study.config import StudyConfig
 from icl_search.study.evaluate import Evaluator, TrialEvaluation
@@ -366,8 +367,11 @@ def _attrs(trial: optuna.Trial, ev: TrialEvaluation, res) -> None:
     trial.set_user_attr("n_queries", len(ev.records))
     trial.set_user_attr("context_tokens", round(ev.mean_context_tokens, 1))
     trial.set_user_attr("mean_words", res.mean_length)
-    trial.set_user_attr("per_query", {r.query_id: (r.judgement.overall if r.judgement else None)
-                                      for r in ev.records})
+    trial.set_user_attr(attrs.PER_QUERY, {r.query_id: (r.judgement.overall if r.judgement
+                                                       else None) for r in ev.records})
+    trial.set_user_attr(attrs.LENGTHS, {r.query_id: r.judgement.length_words
+                                        for r in ev.records if r.judgement})
+    trial.set_user_attr(attrs.HYGIENE, ev.hygiene.to_dict())
     trial.set_user_attr("failed_queries", sum(r.finish_reason == "error" for r in ev.records))
 
 

@@ -30,7 +30,7 @@ from icl_search.judge import JudgeResult
 def resolve_spec(cfg, spec: str) -> str:
     """`distilled:DIR` with DIR relative to the config file's folder, like every other path."""
     kind, sep, rest = spec.partition(":")
-    if kind in ("distilled", "reward") and sep and rest and rest != "default":
+    if kind in ("distilled", "reward", "anchored") and sep and rest and rest != "default":
         return f"{kind}:{cfg.path(rest)}"
     return spec
 
