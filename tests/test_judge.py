@@ -69,6 +69,10 @@ PARSE_CASES = [
     ("no json, labelled lines", ("**Helpfulness**: 4\nClarity - 3/5\nFactuality score = 5\n"
                                  "Depth: N/A\nEngagement: 2"), {"helpfulness": 4, "clarity": 3, "factuality": 5,
                                    "engagement": 2}, {"depth": "n/a"}),
+    # json_repair would have to guess the keys: unreadable, whatever its version makes of it
+    ("unquoted keys", "{clarity: 4,, 'depth': [", {}, dict.fromkeys(A5, "unparsable")),
+    ("labelled lines before a broken object", "Clarity: 3\n{depth: 2,,",
+     {"clarity": 3}, {a: "missing" for a in A5 if a != "clarity"}),
     ("garbage", "I am unable to evaluate this response.", {},
      dict.fromkeys(A5, "unparsable")),
     ("empty", "", {}, dict.fromkeys(A5, "unparsable")),

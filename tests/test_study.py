@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -197,12 +199,64 @@ def _postgres_url() -> str | None:
         return None
 
 
+@contextlib.contextmanager
+def _fresh_database(url: str):
+    """A new, empty database on the test server (dropped afterwards): what a user has on day
+    one, before any worker created Optuna's tables."""
+    import sqlalchemy as sa
+
+    name = f"icl_cold_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    except Exception as exc:
+        admin.dispose()
+        pytest.skip(f"cannot create a database on the test server ({exc.__class__.__name__}): "
+                    "scripts/postgres.sh grants the test role CREATEDB")
+    try:
+        yield url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+def _workers(path: Path, url: str, n: int, tmp_path: Path) -> tuple[list[int], list[str]]:
+    """`n` `study worker` processes started together on `url`; their exit codes and logs."""
+    logs = [tmp_path / f"w{i}.log" for i in range(n)]
+    procs = [subprocess.Popen(_cli("study", "worker", str(path), "--storage", url),
+                              stdout=log.open("w"), stderr=subprocess.STDOUT, env=_env())
+             for log in logs]
+    codes = [p.wait(timeout=900) for p in procs]
+    return codes, [log.read_text() for log in logs]
+
+
+@pytest.mark.postgres
+def test_four_workers_started_at_once_on_an_empty_postgresql_database_all_succeed(
+        tmp_path, tiny_model_dir):
+    url = _postgres_url()
+    if url is None:
+        pytest.skip("no PostgreSQL server (run `make test`, which starts one)")
+    with _fresh_database(url) as fresh:
+        path = write_config(tmp_path, tiny_model_dir, name="cold",
+                            optuna="batch_trials = 1\nn_trials = 6")
+        # all four open the storage at once, in preflight, before any model loads: without the
+        # schema lock all but one died on CREATE TABLE (UniqueViolation, pg_type_typname_nsp)
+        codes, logs = _workers(path, fresh, 4, tmp_path)
+        assert codes == [0, 0, 0, 0], logs
+        trials = optuna.load_study(study_name="cold", storage=fresh).get_trials()
+    assert sorted(t.number for t in trials) == list(range(6))
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert sum(t.user_attrs.get("role") == "baseline" for t in trials) == 1
+
+
 @pytest.mark.postgres
 def test_two_workers_on_postgresql_share_one_exact_budget(tmp_path, tiny_model_dir):
     url = _postgres_url()
     if url is None:
         pytest.skip("no PostgreSQL server (run `make test`, which starts one)")
-    name = f"pg{os.getpid()}_{int(time.time())}"
+    name = f"pg_{uuid.uuid4().hex[:12]}"
     path = write_config(tmp_path, tiny_model_dir, name=name,
                         optuna="batch_trials = 2\nn_trials = 7")
     procs = []
@@ -499,10 +553,15 @@ def test_preflight_names_the_field_before_any_model_loads(tmp_path, tiny_model_d
     assert not (tmp_path / "pf.db").exists()
 
 
-def test_plain_progress_lines_when_stderr_is_not_a_terminal(capsys):
+@pytest.mark.parametrize("uptime", [5.0, 1e6], ids=["machine-up-5s", "machine-up-11-days"])
+def test_plain_progress_lines_when_stderr_is_not_a_terminal(capsys, monkeypatch, uptime):
+    from icl_search.cli import study as cli_study
     from icl_search.cli.study import _Live
     from icl_search.study.runner import Progress
 
+    # time.monotonic() counts from an arbitrary point (boot, on Linux): the first line must
+    # print whatever it reads, on a machine booted seconds ago too
+    monkeypatch.setattr(cli_study.time, "monotonic", lambda: uptime)
     with _Live(every=3600) as live:
         assert not live.tty  # pytest captures stderr: not a terminal
         live(Progress(0, 4, 0, 6, None, 0.0))

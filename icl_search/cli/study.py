@@ -38,7 +38,9 @@ class _Live:
 
     def __init__(self, every: float = 10.0):
         self.tty = err.is_terminal
-        self.every, self._last = every, 0.0
+        # None: nothing printed yet, so the first update always prints (a monotonic clock's
+        # zero is arbitrary: 0.0 here once hid the first line on a machine up < `every` s)
+        self.every, self._last = every, None
         self._progress = None
 
     def __enter__(self):
@@ -78,7 +80,7 @@ class _Live:
             return
         now = time.monotonic()
         final = p.done >= p.total and p.batch_items >= p.batch_total
-        if now - self._last < self.every and not final:
+        if self._last is not None and now - self._last < self.every and not final:
             return
         self._last = now
         eta = (p.elapsed / p.done * (p.total - p.done)) if p.done else None

@@ -4,7 +4,10 @@ Judges wrap their JSON in fences or prose, nest it (`{"clarity": {"score": "4"}}
 (`{"clarity": 4, "clarity_rationale": ...}`), write scores as "4", "4/5", "4 out of 5" or
 "N/A", drop aspects, or skip JSON altogether and write "Clarity: 4". `parse_judgement` accepts
 all of these and reports, per aspect, either a score in [1, 5] or why there is none. Answers
-over `MAX_REPLY_CHARS` are refused unread; broken JSON goes through `json_repair`.
+over `MAX_REPLY_CHARS` are refused unread; broken JSON goes through `json_repair`, whose
+result counts only when every key in it was quoted in the answer (so what a broken answer
+means does not hang on the library's version), and what follows an unreadable object's brace is
+not read as labelled lines.
 """
 
 from __future__ import annotations
@@ -138,6 +141,10 @@ def _objects(text: str) -> list[dict]:
 
 
 def _repaired(chunk: str) -> list[dict]:
+    """`json_repair`'s objects, kept only when every key in them was written quoted in the
+    chunk: a repair may fix quotes, commas and closing brackets, but a key it had to guess
+    (`{clarity: 4,, ...`) makes the answer unreadable, whatever the library's version makes
+    of it."""
     import json_repair
 
     try:
@@ -145,7 +152,18 @@ def _repaired(chunk: str) -> list[dict]:
     except (ValueError, TypeError, RecursionError, MemoryError):  # e.g. nesting too deep
         return []
     values = value if isinstance(value, list) else [value]
-    return [v for v in values if isinstance(v, dict) and v]
+    return [v for v in values if isinstance(v, dict) and v and _keys_quoted(v, chunk)]
+
+
+def _keys_quoted(value: Any, chunk: str, depth: int = 0) -> bool:
+    if depth > 8:  # deeper than any rubric: garbage
+        return False
+    if isinstance(value, dict):
+        return all(f'"{k}"' in chunk or f"'{k}'" in chunk for k in value) and all(
+            _keys_quoted(v, chunk, depth + 1) for v in value.values())
+    if isinstance(value, list):
+        return all(_keys_quoted(v, chunk, depth + 1) for v in value)
+    return True
 
 
 def _norm(key: Any) -> str:
@@ -214,8 +232,8 @@ def parse_judgement(text: str | None, aspects: tuple[str, ...]) -> Parsed:
     for obj in _objects(text):
         for aspect, hit in _lookup(obj, aspects).items():
             hits.setdefault(aspect, hit)
-    if not hits:
-        hits = _from_lines(text, aspects)
+    if not hits:  # labelled lines, before any object that could not be read
+        hits = _from_lines(text.split("{", 1)[0], aspects)
     if not hits:
         snippet = " ".join(text.split())[:60]
         parsed.problems = {a: f"{UNPARSABLE}: no scores in {snippet!r}" for a in aspects}

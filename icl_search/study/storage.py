@@ -72,16 +72,48 @@ def make_storage(cfg: StudyConfig, url: str | None = None, *,
     else:
         kwargs["engine_kwargs"] = {"pool_pre_ping": True}
     try:
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=hb, grace_period=2 * hb,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=cfg.optuna.max_retry),
-            **kwargs,
-        )
+        with schema_lock(url):
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=hb, grace_period=2 * hb,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=cfg.optuna.max_retry),
+                **kwargs,
+            )
     except Exception as exc:  # noqa: BLE001  (driver missing, bad URL, server down, bad credentials)
         from icl_search.extras import missing_for_url
 
         raise (missing_for_url(url) or _storage_error(url, exc)) from None
+
+
+#: The PostgreSQL advisory lock under which a storage's schema is created: the two-int4 key
+#: space, which never meets the one-bigint keys of `ask_lock`.
+SCHEMA_LOCK_KEYS = (0x69636C2D, 0x73636865)  # "icl-", "sche"
+
+
+@contextlib.contextmanager
+def schema_lock(url: str) -> Iterator[None]:
+    """On PostgreSQL, hold an advisory lock while Optuna creates (or checks) its tables:
+    workers started at once on an empty database otherwise race in CREATE TABLE, and all but
+    one die on `pg_type_typname_nsp_index` (a UniqueViolation). Other backends: nothing."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:a, :b)"),
+                         dict(zip("ab", SCHEMA_LOCK_KEYS, strict=True)))
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:a, :b)"),
+                             dict(zip("ab", SCHEMA_LOCK_KEYS, strict=True)))
+                conn.commit()
+    finally:
+        engine.dispose()
 
 
 def feedback_objectives(cfg: StudyConfig) -> list[str]:
