@@ -8,8 +8,6 @@ import os
 import random
 import subprocess
 import sys
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -24,6 +22,7 @@ from icl_search.prompt import Template
 from icl_search.selection import SelectionConfig
 from icl_search.serve import ConversationError, StreamCleaner, render_messages
 from tests.conftest import TINY_KV_BYTES, free_port, wait_http
+from tests.helpers import serve_in_thread
 
 KEY = "sk-test-key"
 SYSTEM = "Below are conversations between a user and a helpful, honest assistant."
@@ -66,25 +65,13 @@ def tokenizer(tiny_model_dir):
 @pytest.fixture(scope="module")
 def server(bundle, tiny_model_dir):
     """`create_app` on uvicorn in a thread, with vLLM's AsyncLLM on the tiny model."""
-    import uvicorn
-
     from icl_search.engines.async_vllm import AsyncVLLMEngine
     from icl_search.serve import create_app
 
     engine = AsyncVLLMEngine(tiny_model_dir, max_model_len=WINDOW,
                              kv_cache_memory_bytes=TINY_KV_BYTES)
-    app = create_app(bundle, engine, api_key=KEY)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    while not srv.started:
-        if not thread.is_alive():
-            pytest.fail("the server failed to start (see the log above)")
-        time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join()
+    with serve_in_thread(create_app(bundle, engine, api_key=KEY)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
