@@ -16,12 +16,12 @@ LOOP = "Drink water. " + "I am not a doctor. " * 9
 TEXTS = [NOTE, INVENTED, OPEN_CODE, LOOP, "Fine.\n```\n"]
 
 
-def _study(tmp_path, tiny_model_dir, name, judge=""):
+def _study(tmp_path, tiny_model_dir, name, judge="", texts=TEXTS):
     path = write_config(tmp_path, tiny_model_dir, name=name, optuna="n_trials = 2",
                         judge=judge, search='strategies = ["fixed"]')
     path.write_text(path.read_text().replace("max_tokens = 8", "max_tokens = 40"))
     cfg = load_config(path)
-    ev = build_evaluator(cfg, engine=ScriptedEngine(TEXTS), judge=FakeJudge(),
+    ev = build_evaluator(cfg, engine=ScriptedEngine(texts), judge=FakeJudge(),
                          say=lambda m: None)
     return cfg, ev
 
@@ -48,7 +48,10 @@ def test_each_answer_and_each_trial_count_their_hygiene(tmp_path, tiny_model_dir
 
 
 def test_the_floor_can_be_switched_off(tmp_path, tiny_model_dir):
-    _cfg, ev = _study(tmp_path, tiny_model_dir, "nofloor", judge="hygiene_floor = false")
+    # the engine answers the one query with the code block that is never closed (no cache from
+    # another test can stand in for it: each test has its own ICL_SEARCH_HOME)
+    _cfg, ev = _study(tmp_path, tiny_model_dir, "nofloor", judge="hygiene_floor = false",
+                      texts=[OPEN_CODE])
     assert ev.hygiene_floor is False
     (rows,) = ev.evaluate([TrialSpec("concise.txt", 0, "none", ())], [2])
     assert rows[0].hygiene.fails and rows[0].judgement.overall == 4.0  # 3 words: as judged
