@@ -11,5 +11,10 @@ def first_line(exc: BaseException, default: str | None = None) -> str:
     return (str(exc).strip().splitlines() or [fallback])[0]
 
 
+def one_line(exc: BaseException) -> str:
+    """The whole message of an exception on one line (white space folded), or its type name."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 class IclSearchError(Exception):
     """Base class of icl-search's own errors: the message names the file, line or field."""

@@ -20,6 +20,7 @@ from typing import Any
 
 from icl_search.engines.base import EngineError, SamplingParams
 from icl_search.engines.vllm import VLLM_MISSING, _has_gpu, check_engine_config, engine_args
+from icl_search.errors import one_line
 from icl_search.models import resolve_model
 
 
@@ -175,7 +176,7 @@ class AsyncVLLMEngine:
                 **extra,
             )
         except refused as exc:
-            raise RequestError(_one_line(exc), getattr(exc, "parameter", None)) from None
+            raise RequestError(one_line(exc), getattr(exc, "parameter", None)) from None
         rid = request_id or uuid.uuid4().hex
         n_out = 0
         # Token ids, not text: the prompt was budgeted with exactly these tokens.
@@ -186,7 +187,7 @@ class AsyncVLLMEngine:
             except StopAsyncIteration:
                 return
             except refused as exc:  # checked when the request is added, before any token
-                raise RequestError(_one_line(exc), getattr(exc, "parameter", None)) from None
+                raise RequestError(one_line(exc), getattr(exc, "parameter", None)) from None
             while True:
                 c = out.outputs[0]
                 n_out = len(c.token_ids) if not stream else n_out + len(c.token_ids)
@@ -202,7 +203,4 @@ class AsyncVLLMEngine:
             # Closing vLLM's generator aborts the request (a client that left mid-stream).
             await outputs.aclose()
 
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 

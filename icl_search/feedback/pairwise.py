@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from icl_search.judge.backends import ChatBackend, EngineBackend, JudgeError, _one_line
+from icl_search.errors import one_line
+from icl_search.judge.backends import ChatBackend, EngineBackend, JudgeError, label_probabilities
 
 DEFAULT_TEMPLATE = "pairwise.txt"
 _WORD = re.compile(r"\b(A|B|tie)\b", re.IGNORECASE)
@@ -145,21 +146,7 @@ def _letter(token: str) -> str | None:
 
 def read_preference(*positions: dict[str, float]) -> tuple[float | None, float]:
     """(P(first reply preferred), probability mass on A/B/tie) from next-token top-k."""
-    probs = {"A": 0.0, "B": 0.0, "tie": 0.0}
-
-    def add(top: dict[str, float], w: float) -> None:
-        for tok, lp in top.items():
-            k = _letter(tok)
-            if k is not None and math.isfinite(lp):
-                probs[k] += w * math.exp(lp)
-
-    if positions:
-        first = positions[0]
-        add(first, 1.0)
-        if len(positions) > 1 and first:
-            greedy = max(first, key=first.get)
-            if greedy and not greedy.replace("▁", " ").replace("Ġ", " ").strip():
-                add(positions[1], math.exp(first[greedy]))
+    probs = label_probabilities(positions, _letter, ("A", "B", "tie"))
     mass = sum(probs.values())
     if mass <= 0:
         return None, 0.0
@@ -221,7 +208,7 @@ class PairwiseJudge:
                 try:
                     text = b._ask([("user", p)])
                 except LMError as exc:  # transport: a miss for this pair
-                    out.append((None, None, f"error: {_one_line(exc)[:200]}"))
+                    out.append((None, None, f"error: {one_line(exc)[:200]}"))
                     continue
                 m = _WORD.search(text or "")
                 v = {"a": "A", "b": "B", "tie": "tie"}[m.group(1).casefold()] if m else None
@@ -236,7 +223,7 @@ class PairwiseJudge:
         try:
             comps = b.engine.generate(prompts, params)
         except EngineError as exc:
-            raise JudgeError(f"pairwise judge {b.id}: {_one_line(exc)}") from None
+            raise JudgeError(f"pairwise judge {b.id}: {one_line(exc)}") from None
         out = []
         for c in comps:
             if c.error or c.finish_reason == "error":

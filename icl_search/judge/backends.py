@@ -14,13 +14,13 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from icl_search.engines.base import Engine, SamplingParams
-from icl_search.errors import IclSearchError
+from icl_search.errors import IclSearchError, one_line
 from icl_search.judge.parsing import MAX_REPLY_CHARS, Parsed, parse_judgement, repair_request
 from icl_search.judge.result import JudgeItem
 from icl_search.judge.rubric import Rubric
@@ -71,6 +71,31 @@ def _is_space(token: str) -> bool:
     return token != "" and not token.replace("▁", " ").replace("Ġ", " ").strip()
 
 
+def label_probabilities(positions: tuple[dict[str, float], ...],
+                        label: Callable[[str], str | None],
+                        labels: Iterable[str]) -> dict[str, float]:
+    """P(label) from the top-k log-probabilities of the next token(s): each token `label` maps
+    to a label counts at the first position, and, when the greedy first token is whitespace
+    (SentencePiece tokenizers emit the space apart), at the second one weighted by its
+    probability. Used for scores ("1".."5") and for pairwise preferences (A / B / tie)."""
+    probs = dict.fromkeys(labels, 0.0)
+
+    def add(top: dict[str, float], weight: float) -> None:
+        for token, logprob in top.items():
+            key = label(token)
+            if key is not None and math.isfinite(logprob):
+                probs[key] += weight * math.exp(logprob)
+
+    if positions:
+        first = positions[0]
+        add(first, 1.0)
+        if len(positions) > 1 and first:
+            greedy = max(first, key=first.get)
+            if _is_space(greedy):
+                add(positions[1], math.exp(first[greedy]))
+    return probs
+
+
 def expected_score(*positions: dict[str, float]) -> tuple[float | None, float]:
     """Expected score over "1".."5" from the top-k distributions of the next token(s),
     renormalised over those digits; (None, 0.0) when no digit is in the top-k. Also returns
@@ -81,21 +106,7 @@ def expected_score(*positions: dict[str, float]) -> tuple[float | None, float]:
     prompt ends at the colon and the probability of each digit is taken over both paths:
     P(d) = P1(d) + P1(space) * P2(d | space), where space is the greedy first token when it is
     whitespace (the only second position a greedy continuation shows)."""
-    probs = dict.fromkeys(SCORE_TOKENS, 0.0)
-
-    def add(top: dict[str, float], weight: float) -> None:
-        for token, logprob in top.items():
-            digit = _score_digit(token)
-            if digit is not None and math.isfinite(logprob):
-                probs[digit] += weight * math.exp(logprob)
-
-    if positions:
-        first = positions[0]
-        add(first, 1.0)
-        if len(positions) > 1 and first:
-            greedy = max(first, key=first.get)
-            if _is_space(greedy):
-                add(positions[1], math.exp(first[greedy]))
+    probs = label_probabilities(positions, _score_digit, SCORE_TOKENS)
     mass = sum(probs.values())
     if mass <= 0.0:
         return None, 0.0
@@ -189,11 +200,11 @@ class EngineBackend:
                 # Every request of the call failed. Before any answer: the endpoint is dead.
                 if not self._reached:
                     raise JudgeError(f"judge {self.id}: the judge model cannot be used: "
-                                     f"{_one_line(e)}") from None
+                                     f"{one_line(e)}") from None
                 # A remote engine that answered before and fails now: a miss for this call,
                 # retried next time (not cached), instead of the end of a long study.
                 for i, aspect in where:
-                    verdicts[i].missing[aspect] = f"error: {_one_line(e)[:200]}"
+                    verdicts[i].missing[aspect] = f"error: {one_line(e)[:200]}"
                     verdicts[i].cacheable = False
                 return verdicts
             failed = [c for c in completions if c.error or c.finish_reason == "error"]
@@ -319,10 +330,10 @@ class ChatBackend:
                 messages += [("assistant", answer[:MAX_REPLY_CHARS]),
                              ("user", repair_request(parsed, rubric.aspects))]
         except LMError as e:
-            reason = f"error: {_one_line(e)[:200]}"
+            reason = f"error: {one_line(e)[:200]}"
             if parsed is None:
                 return (Verdict(missing={a: reason for a in rubric.aspects}, cacheable=False),
-                        "timeout" if _is_timeout(e) else _one_line(e))
+                        "timeout" if _is_timeout(e) else one_line(e))
             # Transport failed during a repair: keep what was read, retry the rest next time.
             return Verdict(parsed.scores, dict(parsed.problems), parsed.rationales,
                            {"repairs": attempts}, cacheable=False), None
@@ -388,6 +399,3 @@ def _is_timeout(e: Exception) -> bool:
 
     return isinstance(e, LMTimeoutError) or bool(re.search(r"timed? ?out", str(e), re.IGNORECASE))
 
-
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
