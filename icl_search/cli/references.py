@@ -22,11 +22,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from icl_search.cli import app, fail
+from icl_search.engines.dspy_lm import dspy_lm
 from icl_search.errors import IclSearchError
 
 references_app = typer.Typer(help="Reference answers for eval sets (read by the "
@@ -84,17 +84,10 @@ def openai_writer(url: str, model: str | None, *, max_tokens: int, temperature: 
 
 def dspy_writer(spec: str, *, max_tokens: int, temperature: float, timeout: float,
                 api_key: str | None) -> Writer:
-    import dspy
     from dspy import lm15
 
     model, _, api_base = spec.partition("@")
-    kwargs: dict[str, Any] = {"timeout": timeout}
-    if api_base:
-        kwargs["api_base"] = api_base
-        kwargs["api_key"] = api_key or "EMPTY"
-    elif api_key:
-        kwargs["api_key"] = api_key
-    lm = dspy.LM(model, cache=False, num_retries=2, **kwargs)
+    lm = dspy_lm(model, api_base or None, api_key=api_key, timeout=timeout, num_retries=2)
 
     def ask(query: str) -> str:
         request = lm15.Request(model=model, system=instructions(),

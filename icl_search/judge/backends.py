@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from icl_search.engines.base import Engine, SamplingParams
+from icl_search.engines.dspy_lm import dspy_lm
 from icl_search.errors import IclSearchError, one_line
 from icl_search.judge.parsing import MAX_REPLY_CHARS, Parsed, parse_judgement, repair_request
 from icl_search.judge.result import JudgeItem
@@ -264,7 +265,6 @@ class ChatBackend:
                  temperature: float = 0.0, max_tokens: int = 1024, timeout: float = 120.0,
                  num_retries: int = 2, max_retries: int = 2, concurrency: int = 8,
                  structured: bool = True):
-        import dspy
 
         self.model = model
         self.api_base = api_base
@@ -274,14 +274,10 @@ class ChatBackend:
         self.concurrency = max(1, int(concurrency))
         self.structured = structured
         self.id = f"dspy:{model}" + (f"@{api_base}" if api_base else "")
-        kwargs: dict[str, Any] = {"timeout": timeout}
-        if api_base:
-            kwargs["api_base"] = api_base
-        if api_key:
-            kwargs["api_key"] = api_key
         # DSPy's own response cache stays off: the judge cache stores parsed verdicts, and a
         # repair request must reach the model rather than an old answer.
-        self.lm = dspy.LM(model, cache=False, num_retries=num_retries, **kwargs)
+        self.lm = dspy_lm(model, api_base, api_key=api_key, timeout=timeout,
+                          num_retries=num_retries)
         self._reached = False
         self._lock = threading.Lock()
 

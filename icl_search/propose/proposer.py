@@ -23,8 +23,8 @@ import string
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
 
+from icl_search.engines.dspy_lm import dspy_lm
 from icl_search.proposer_spec import ProposeError, parse_proposer_spec
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -126,14 +126,7 @@ class DSPyProposer(Proposer):
 
         super().__init__(cache)
         self.id = f"dspy:{model}" + (f"@{api_base}" if api_base else "")
-        kwargs: dict[str, Any] = {"timeout": timeout}
-        if api_base:
-            kwargs["api_base"] = api_base
-        if api_key:
-            kwargs["api_key"] = api_key
-        elif api_base and not os.environ.get("OPENAI_API_KEY"):
-            kwargs["api_key"] = "unused"  # a local endpoint (vllm serve) asks for no key
-        self.lm = dspy.LM(model, cache=False, num_retries=1, **kwargs)
+        self.lm = dspy_lm(model, api_base, api_key=api_key, timeout=timeout, num_retries=1)
 
         class Write(dspy.Signature):
             """Do the task exactly as it says; answer with the requested text only."""
