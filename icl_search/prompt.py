@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any, Protocol
 
 from icl_search.hygiene import MIN_LINE, NEAR_MARKERS, Cut, Hygiene, _loop_hold, find_loop
@@ -76,9 +76,10 @@ class Template:
             return [prefix + w for w in words]
         return ["\n" + m.strip() for m in (self.query_marker, self.answer_marker) if m.strip()]
 
-    @property
+    @cached_property
     def _role_line(self) -> re.Pattern:
-        """A line that opens a new turn: any heading level, any case, of a role word."""
+        """A line that opens a new turn: any heading level, any case, of a role word (built
+        once per template: `cut` runs on every answer and every streamed chunk)."""
         prefix, words = self._heading()
         head = re.escape(prefix.strip()[:1]) + "+" if prefix.strip() else ""
         alt = "|".join(re.escape(w) for w in words)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi.responses import StreamingResponse
@@ -18,19 +18,6 @@ from icl_search.prompt import Template
 from icl_search.serve.protocol import APIError
 
 log = logging.getLogger("icl_search.serve")
-
-
-def _partial_suffix(text: str, markers: Sequence[str], *, whole: bool = False) -> int:
-    """Length of the longest suffix of `text` that is a prefix of a marker (a proper prefix,
-    or with `whole=True` possibly the whole marker)."""
-    best = 0
-    for m in markers:
-        top = min(len(m) if whole else len(m) - 1, len(text))
-        for n in range(top, best, -1):
-            if text.endswith(m[:n]):
-                best = n
-                break
-    return best
 
 
 class StreamCleaner:
