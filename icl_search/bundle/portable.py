@@ -15,12 +15,11 @@ from __future__ import annotations
 import filecmp
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from icl_search.bundle.parts import BundleError
-from icl_search.io import atomic_folder
+from icl_search.io import atomic_folder, atomic_write
 
 if TYPE_CHECKING:
     from icl_search.bundle.bundle import Bundle
@@ -100,15 +99,8 @@ def copy_beside(bundle: Bundle, out: str | os.PathLike) -> Bundle:
 def _copy_file(src: Path, dst: Path) -> None:
     if dst.exists() and os.path.samefile(src, dst):
         return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(dst, "wb") as out, open(src, "rb") as inp:
+        shutil.copyfileobj(inp, out)
 
 
 def _copy_folder(src: Path, dst: Path) -> None:
